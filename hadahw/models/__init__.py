@@ -1,0 +1,1 @@
+"""Layer-shape definitions of reference networks (no torchvision needed)."""
