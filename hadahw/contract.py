@@ -80,11 +80,11 @@ def check_beta(beta, name: str = "beta", *, power_of_two: bool = False) -> int:
 
     Raises
     ------
-    TypeError, ValueError
-        One-line messages naming ``name``.
+    ValueError
+        One-line message naming ``name`` (also for non-integers, so callers catch one type).
     """
     if isinstance(beta, bool) or not isinstance(beta, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive integer, not {beta!r}")
+        raise ValueError(f"{name} must be a positive integer, not {beta!r}")
     beta = int(beta)
     if beta < 1:
         raise ValueError(f"{name} must be a positive integer, not {beta}")
