@@ -26,6 +26,11 @@ from .contract import (
 __all__ = ["QAct", "QLayer", "accumulate", "run_layer", "run_network", "im2col", "act_from_int"]
 
 
+def _check_int_range(name: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in {lo}..{hi}, not {value!r}")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
 class QAct:
     """A binarized activation tensor as the hardware holds it.
@@ -45,7 +50,9 @@ class QAct:
     def __post_init__(self):
         s = np.asarray(self.signs, dtype=bool)
         d = np.asarray(self.delta, dtype=np.int64)
-        beta_a = check_beta(self.beta_a, "beta_a")
+        beta_a = check_beta(self.beta_a, "beta_a", power_of_two=True)
+        _check_int_range("activation bits", self.bits, 1, 16)
+        _check_int_range("activation exponent", self.exponent, -(1 << 15), (1 << 15) - 1)
         if s.ndim not in (1, 3):
             raise ValueError(f"activation signs must be (K,) or (H, W, C), got shape {s.shape}")
         want = s.shape[:-1] + (segment_count(s.shape[-1], beta_a),)
@@ -147,6 +154,8 @@ class QLayer:
             raise ValueError(f"beta_a must not exceed beta_w (segments must nest), got beta_a={beta_a} > beta_w={beta_w}")
         if self.kind not in ("linear", "conv2d"):
             raise ValueError(f"layer kind must be 'linear' or 'conv2d', not {self.kind!r}")
+        _check_int_range("act_bits", self.act_bits, 1, 16)
+        _check_int_range("weight_exponent", self.weight_exponent, -(1 << 15), (1 << 15) - 1)
         in_shape = tuple(int(v) for v in self.in_shape)
         if ws.ndim != 2:
             raise ValueError(f"weight_signs must be 2-D (N, K), got shape {ws.shape}")
@@ -154,8 +163,8 @@ class QLayer:
         if self.kind == "linear":
             if len(in_shape) != 1 or in_shape[0] != k:
                 raise ValueError(f"linear in_shape must be ({k},) to match weight_signs, got {in_shape}")
-            if self.pool != 1:
-                raise ValueError("pool is only supported on conv2d layers")
+            if (self.kernel, self.stride, self.padding, self.pool) != (1, 1, 0, 1):
+                raise ValueError("kernel, stride, padding and pool must keep their defaults (1, 1, 0, 1) on a linear layer")
         else:
             if len(in_shape) != 3:
                 raise ValueError(f"conv2d in_shape must be (H, W, C), got {in_shape}")

@@ -22,7 +22,8 @@ def random_layer(rng, *, kind="linear", n=5, k=37, beta_w=8, beta_a=2, fmt=Delta
                  relu=bool(rng.integers(2)), saturate_bits=8 if out_beta_a else None)
     return QLayer(kind=kind, weight_signs=rng.random((n, k)) < 0.5, weight_delta=rng.integers(0, fmt.max_code + 1, (n, nseg)),
                   beta_w=beta_w, beta_a=beta_a, in_shape=(k,) if kind == "linear" else hwc, requant=rq, weight_format=fmt,
-                  kernel=kernel, stride=stride, padding=padding, pool=pool, out_beta_a=out_beta_a, act_bits=act_bits)
+                  out_beta_a=out_beta_a, act_bits=act_bits,
+                  **(dict(kernel=kernel, stride=stride, padding=padding, pool=pool) if kind == "conv2d" else {}))
 
 
 def segment_formula(layer, signs, delta_elem):
