@@ -23,7 +23,7 @@ from .contract import (
     segment_index,
 )
 
-__all__ = ["QAct", "QLayer", "accumulate", "run_layer", "run_network", "im2col", "act_from_int"]
+__all__ = ["QAct", "QLayer", "check_input", "accumulate", "run_layer", "run_network", "im2col", "act_from_int"]
 
 
 def _check_int_range(name: str, value, lo: int, hi: int) -> None:
@@ -268,7 +268,8 @@ def im2col(act: QAct, layer: QLayer) -> tuple[np.ndarray, np.ndarray]:
     return gather(signs), gather(delta)
 
 
-def _check_input(layer: QLayer, act: QAct) -> QAct:
+def check_input(layer: QLayer, act: QAct) -> QAct:
+    """Validate that ``act`` can feed ``layer`` and return it in the layer's input shape."""
     if act.beta_a != layer.beta_a:
         raise ValueError(f"activation beta_a={act.beta_a} does not match the layer's beta_a={layer.beta_a}")
     if act.bits != layer.act_bits:
@@ -286,7 +287,7 @@ def accumulate(layer: QLayer, act: QAct) -> np.ndarray:
     The plain integer path: ``O[n] = sum_k w[n,k] * a[k]`` with ``w = ±delta_w`` and ``a = ±delta_a``,
     which equals the segment form ``sum_j dw_j * da_j * (2*popcount_j - n_j)``.
     """
-    act = _check_input(layer, act)
+    act = check_input(layer, act)
     w = layer.weight_values()
     if layer.kind == "linear":
         o = w @ act.values()
