@@ -25,8 +25,8 @@ Networks (``MODELS``):
     LeNet-5 as usually written in PyTorch (conv 1->6 5x5, conv 6->16 5x5, fc 400-120-84-10, with
     biases): 61,706 parameters.
 ``digits-mlp``, ``digits-cnn``
-    placeholders for the small 8x8 "digits" networks of this project (see the comment at their
-    definitions).
+    the small 8x8 "digits" networks of this project (:func:`hadahw.nets.build_model`): 84,490
+    and 58,154 parameters without their BatchNorms (see the comment at their definitions).
 """
 
 from __future__ import annotations
@@ -215,30 +215,39 @@ def lenet5() -> tuple[Layer, ...]:
     )
 
 
-# PLACEHOLDERS: digits-mlp and digits-cnn are provisional definitions of this project's small
-# 8x8 "digits" networks.  Another team member owns the real ones and may change them (widths,
-# biases, BatchNorm); the sizes reported for them are only as good as these shapes.
+# The project's small 8x8 "digits" networks, as built by hadahw.nets.build_model (same module
+# names, ``stages.<block>.<index>``).  BatchNorm layers are not listed: at inference they fold into
+# the integer requantizer's per-channel multiplier and bias (see hadahw.lower_net), and the layer
+# lists below are pinned by tests/test_size.py.  Their parameters (gamma and beta: 2 x 256 for the
+# MLP, 2 x (32 + 64 + 64) for the CNN) would add 1,024 and 320 FP32 parameters.  Only the last
+# layer has a bias: the requantizer applies ReLU to the raw accumulator, so a bias in front of a
+# ReLU cannot be folded.
 
 def digits_mlp() -> tuple[Layer, ...]:
-    """PLACEHOLDER: MLP 64-256-256-10 on flattened 8x8 digits, with biases."""
+    """MLP 64-256-256-10 on the flattened 8x8 digits; bias on the last layer only.
+
+    ``stages.0.0`` (first, full precision) -> BN -> ``stages.1.1`` (binarized) -> BN ->
+    ``stages.2.1`` (last, full precision).
+    """
     return (
-        linear("fc1", 64, 256),
-        linear("fc2", 256, 256),
-        linear("fc3", 256, 10),
+        linear("stages.0.0", 64, 256, bias=False),
+        linear("stages.1.1", 256, 256, bias=False),
+        linear("stages.2.1", 256, 10, bias=True),
     )
 
 
 def digits_cnn() -> tuple[Layer, ...]:
-    """PLACEHOLDER: input 1x8x8.
+    """CNN on 1x8x8 digits; bias on the last layer only.
 
-    conv 1->32 3x3 pad 1 (8x8), conv 32->64 3x3 pad 1 (8x8), maxpool 2 (4x4),
-    conv 64->64 3x3 pad 1 (4x4), maxpool 2 (2x2), linear 64*2*2 -> 10.  Biases on, no BatchNorm.
+    conv 1->32 3x3 pad 1 (8x8, first, full precision), BN, conv 32->64 3x3 pad 1, maxpool 2 (4x4),
+    BN, conv 64->64 3x3 pad 1, maxpool 2 (2x2), BN, flatten, linear 64*2*2 -> 10 (last, full
+    precision).
     """
     return (
-        conv("conv1", 1, 32, 3),
-        conv("conv2", 32, 64, 3),
-        conv("conv3", 64, 64, 3),
-        linear("fc", 64 * 2 * 2, 10),
+        conv("stages.0.0", 1, 32, 3, bias=False),
+        conv("stages.1.1", 32, 64, 3, bias=False),
+        conv("stages.2.1", 64, 64, 3, bias=False),
+        linear("stages.3.2", 64 * 2 * 2, 10, bias=True),
     )
 
 
