@@ -57,12 +57,35 @@ class AcceleratorConfig:
     levels_per_stage : int
         Logic levels (LUT or adder levels) between pipeline registers, 1..8.  Smaller means a
         higher Fmax, a longer latency and more flip-flops.
+    weight_depth : int
+        Entries of the weight store (one entry: the R sign words and R x S_w delta_w codes of one
+        input word of one pass), 1..65536.
+    act_depth : int
+        Entries of the activation memory that holds every layer's input and output (one entry:
+        L sign bits and S_a delta_a codes of one word of one pixel), 1..65536.
+    param_depth : int
+        Requantizer parameter entries ``(M, B)``, one per output channel of every layer, 1..65536.
+    desc_bytes : int
+        Bytes of the descriptor memory (the DESC space), 64..65536.
+    max_channels : int
+        Largest channel count of a layer that max-pools (sizes the pool line buffer), 1..65536.
+    max_pool_width : int
+        Largest conv output width (before pooling) of a layer that max-pools, 2..65536.
+    max_pool : int
+        Largest pooling window, 1..255 (1: no pooling hardware).
+    mult_bits, bias_bits : int
+        Signed widths of the requantizer's per-channel multiplier ``M`` and bias ``B``, 2..32 and
+        2..64.
+    max_shift : int
+        Largest requantizer shift, 0..62.
 
     Notes
     -----
     The defaults (8 rows x 16 lanes, beta_w = 16, beta_a = 2 -- the paper's best trade-off --,
     8-bit fixed delta_w on the UP5K's 8 SB_MAC16) are a point that fits an iCE40 UP5K when
-    synthesised with ``synth_ice40 -dsp``.
+    synthesised with ``synth_ice40 -dsp``.  The memory sizes default to what the UP5K's 30 EBR
+    hold beside a HostLink (see :func:`hadahw.program.ebr_usage`): 256 weight entries,
+    512 activation entries, 256 requantizer channels, 512 descriptor bytes.
     """
 
     rows: int = 8
@@ -74,6 +97,16 @@ class AcceleratorConfig:
     scaling: Literal["dsp", "shiftadd"] = "dsp"
     max_reduction: int = 4096
     levels_per_stage: int = 2
+    weight_depth: int = 256
+    act_depth: int = 512
+    param_depth: int = 256
+    desc_bytes: int = 512
+    max_channels: int = 32
+    max_pool_width: int = 16
+    max_pool: int = 2
+    mult_bits: int = 16
+    bias_bits: int = 32
+    max_shift: int = 31
 
     def __post_init__(self):
         if not _is_int(self.rows) or not 1 <= self.rows <= 1024:
@@ -100,6 +133,13 @@ class AcceleratorConfig:
             raise ValueError(f"max_reduction must be a positive integer, not {self.max_reduction!r}")
         if not _is_int(self.levels_per_stage) or not 1 <= self.levels_per_stage <= 8:
             raise ValueError(f"levels_per_stage must be an integer in 1..8, not {self.levels_per_stage!r}")
+        for name, lo, hi in (("weight_depth", 1, 1 << 16), ("act_depth", 1, 1 << 16), ("param_depth", 1, 1 << 16),
+                             ("desc_bytes", 64, 1 << 16), ("max_channels", 1, 1 << 16),
+                             ("max_pool_width", 2, 1 << 16), ("max_pool", 1, 255), ("mult_bits", 2, 32),
+                             ("bias_bits", 2, 64), ("max_shift", 0, 62)):
+            v = getattr(self, name)
+            if not _is_int(v) or not lo <= v <= hi:
+                raise ValueError(f"{name} must be an integer in {lo}..{hi}, not {v!r}")
         if self.acc_bits > _MAX_ACC_BITS:
             raise ValueError(f"max_reduction={self.max_reduction} needs {self.acc_bits} accumulator bits with these "
                              f"delta formats, more than {_MAX_ACC_BITS}; reduce max_reduction or the delta bits")
@@ -204,6 +244,11 @@ class AcceleratorConfig:
     def acc_bits(self) -> int:
         """Signed accumulator width, :func:`hadahw.contract.acc_bits` of ``max_reduction``."""
         return acc_bits(self.max_reduction, self.dw_max, self.da_max)
+
+    @property
+    def y_bits(self) -> int:
+        """Signed width of a requantized value before saturation: ``max(acc + M, B) + 1`` bits."""
+        return max(self.acc_bits + self.mult_bits, self.bias_bits) + 1
 
     # Layers ---------------------------------------------------------------------------------------
     def fits(self, layer) -> None:

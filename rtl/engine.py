@@ -8,7 +8,7 @@ Pipeline (every stage register shares one enable, so back-pressure freezes the w
 nothing is lost or duplicated):
 
 * pre-stage: the valid-lane count is decoded into a lane mask and per-activation-group counts
-  ``n_g`` (a few LUT levels on the input path), and a word counter marks weight-segment ends;
+  ``n_g`` (a few LUT levels on the input path);
 * stage 0: input registers;
 * stages 1..: the PEs' popcount trees and products, registered every ``levels_per_stage`` logic
   levels, beside a shared pipeline computing ``corr_h = sum_{g in h} da_g * n_g``;
@@ -44,6 +44,7 @@ def input_layout(config: AcceleratorConfig) -> data.StructLayout:
         "da": data.ArrayLayout(unsigned(config.act_bits), config.act_groups),
         "w": data.ArrayLayout(unsigned(config.lanes), config.rows),
         "dw": data.ArrayLayout(data.ArrayLayout(unsigned(config.weight_code_bits), config.weight_groups), config.rows),
+        "seg_end": unsigned(1),
         "last": unsigned(1),
     })
 
@@ -148,7 +149,8 @@ class DotEngine(wiring.Component):
             Activation sign bits of the word (bit ``k % L`` is element ``k``; 1 = +1).
         ``count``
             Valid lanes in this word, ``0..L`` (lanes ``count..L-1`` are ignored, whatever they
-            hold).  Only the last word of a reduction may be partial.
+            hold).  Any word may be partial (a conv over ``C < L`` channels has one partial word
+            per pixel), provided the valid lanes of every weight group lie in one weight segment.
         ``da``
             delta_a code of each of the word's ``S_a = L / min(beta_a, L)`` activation groups;
             when ``beta_a > L`` the segment's code repeats over its ``beta_a / L`` words.  Codes
@@ -158,6 +160,11 @@ class DotEngine(wiring.Component):
         ``dw``
             The R x ``S_w`` delta_w codes, ``S_w = L / min(beta_w, L)``; when ``beta_w > L`` the
             segment's code repeats over its words (the engine reads it on the segment's last word).
+        ``seg_end``
+            The word closes a weight segment: the reduction index after its last valid lane is a
+            multiple of ``beta_w``.  Read only when ``beta_w > L`` (where a segment spans several
+            words); ``last`` always closes a segment as well.  The producer computes it because
+            only it knows how many lanes each word holds.
         ``last``
             Last word of the reduction.
     o : Out(stream.Signature(output_layout(config)))
@@ -222,11 +229,7 @@ class DotEngine(wiring.Component):
         counts_in = [Mux(hi > g, cfg.group_a, Mux(hi == g, lo, 0)) for g in range(cfg.act_groups)]
         seg_end_in = Signal()
         span = cfg.words_per_weight_segment
-        if span > 1:
-            word = Signal(range(span))
-            m.d.comb += seg_end_in.eq((word == span - 1) | pay.last)
-            with p.If(self.i.valid):
-                p.d.sync += word.eq(Mux(seg_end_in, 0, word + 1))
+        m.d.comb += seg_end_in.eq(pay.seg_end | pay.last)
 
         # Stage 0: input registers.
         valid0 = Signal(name="valid0")

@@ -52,16 +52,21 @@ def _word(bits, lo, cnt, lanes, rng) -> int:
     return int(sum(1 << i for i in np.flatnonzero(b)))
 
 
-def beats_for(cfg: AcceleratorConfig, layer: QLayer, act: QAct, rng) -> tuple[list[int], np.ndarray]:
-    """Packed input beats for every pass of R rows, and the expected accumulators (passes*R,)."""
+def beats_for(cfg: AcceleratorConfig, layer: QLayer, act: QAct, rng, *, channels=None) -> tuple[list[int], np.ndarray]:
+    """Packed input beats for every pass of R rows, and the expected accumulators (passes*R,).
+
+    ``channels``: lay the reduction out as pixels of that many channels, each pixel starting a new
+    word (as the core does for a conv over C channels), so words in the middle may be partial.
+    """
     n, k = layer.out_features, layer.reduction
     lanes, rows = cfg.lanes, cfg.rows
     layout = input_layout(cfg)
-    passes, words = -(-n // rows), cfg.words_for(k)
+    c = channels or k
+    starts = [(p * c + j * lanes, min(lanes, c - j * lanes)) for p in range(k // c) for j in range(-(-c // lanes))]
+    passes, words = -(-n // rows), len(starts)
     beats = []
     for p, j in itertools.product(range(passes), range(words)):
-        lo = j * lanes
-        cnt = min(lanes, k - lo)
+        lo, cnt = starts[j]
         # Codes of groups that lie wholly past K are junk: they must not count.
         da = [int(act.delta[(lo + g * cfg.group_a) // cfg.beta_a]) if lo + g * cfg.group_a < k
               else int(rng.integers(0, cfg.da_max + 1)) for g in range(cfg.act_groups)]
@@ -76,7 +81,7 @@ def beats_for(cfg: AcceleratorConfig, layer: QLayer, act: QAct, rng) -> tuple[li
                 w.append(_word(rng.random(lanes) < 0.5, 0, lanes, lanes, rng))
                 dw.append([0] * cfg.weight_groups)
         payload = {"a": _word(act.signs, lo, cnt, lanes, rng), "count": cnt, "da": da, "w": w, "dw": dw,
-                   "last": j == words - 1}
+                   "seg_end": (lo + cnt) % cfg.beta_w == 0, "last": j == words - 1}
         beats.append(layout.const(payload).as_value().value)
     want = np.zeros(passes * rows, np.int64)
     want[:n] = accumulate(layer, act)
@@ -221,6 +226,26 @@ def test_engine_back_pressure(stall, idle):
     want = np.concatenate(want).reshape(-1, cfg.rows)
     got, _ = simulate(cfg, beats, len(want), rng, idle=idle, stall=stall)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("case,c,pixels", [
+    ((16, 2, 8, 3, "shiftadd", FIXED8), 4, 9),     # beta_w > L, C < L divides beta_w: partial words, seg_end by K
+    ((64, 8, 16, 2, "dsp", LOG2_4), 8, 12),        # a segment spans 8 half-full words
+    ((4, 2, 16, 3, "dsp", FIXED8), 12, 5),         # beta_w <= L, beta_w | C < L
+    ((8, 4, 8, 2, "shiftadd", LOG2_4), 24, 3),     # C > L, not a power of two: one partial word per pixel
+    ((32, 4, 16, 1, "shiftadd", FIXED8), 48, 2),   # beta_w > L, C a multiple of L but not of beta_w
+], ids=["bw16-C4-L8", "bw64-C8-L16", "bw4-C12-L16", "bw8-C24-L8", "bw32-C48-L16"])
+def test_engine_partial_words_with_explicit_segment_ends(case, c, pixels):
+    """Conv-style reductions: every pixel starts a new word, so words in the middle are partial and a
+    weight segment ends where the reduction index (not the word count) crosses a multiple of beta_w."""
+    bw, ba, lanes, rows, sc, fmt = case
+    k = c * pixels
+    cfg = make_config(bw, ba, lanes, rows, sc, fmt, max_reduction=k)
+    rng = np.random.default_rng(c * 100 + pixels)
+    layer, act = random_layer(rng, cfg, rows + 1, k), random_act(rng, cfg, k)
+    beats, want = beats_for(cfg, layer, act, rng, channels=c)
+    got, _ = simulate(cfg, beats, len(want) // cfg.rows, rng, idle=0.2, stall=0.2)
+    np.testing.assert_array_equal(got.reshape(-1), want)
 
 
 @pytest.mark.parametrize("agree", [True, False], ids=["agree", "disagree"])

@@ -1,0 +1,181 @@
+"""ActWriter: assembles a layer's outputs into activation-memory entries.
+
+Outputs arrive pixel by pixel in raster order, channels in order, so the entries are written at
+consecutive addresses from the layer's ``out_addr`` (the layout of :mod:`hadahw.program`):
+
+* a binarized layer gets one :class:`~hadahw.rtl.binarizer.Binarizer` beat per ``beta_a``
+  segment.  With ``beta_a <= L`` the ``L / beta_a`` segments of a word are gathered in a word
+  register and the word is written when full or at the pixel's last segment (one cycle per
+  segment).  With ``beta_a > L`` a segment is captured and written as ``ceil(n_j / L)`` words,
+  one per cycle, each with the segment's code.
+* the final layer gets requantized values; each is captured and written, sign-extended to
+  ``output_value_bytes`` bytes, over ``entries_per_output`` entries (one per cycle).
+
+``done`` rises once the layer's ``out_pixels``-th pixel has been written; ``start`` clears it.
+Full-segment beats are taken every cycle; multi-entry beats are taken once the previous beat's
+last entry is being written, so a producer that spaces them (the core does) never waits.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hadahw.params import AcceleratorConfig
+from hadahw.program import MemoryMap
+
+from .layouts import act_entry_layout
+
+__all__ = ["ActWriter"]
+
+
+class ActWriter(wiring.Component):
+    """Writes binarized segments or final values into the activation memory.
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+    segment_layout : Layout
+        Payload of ``seg`` (the binarizer's output layout: ``signs``, ``delta``, ``length``,
+        ``first``, ``last``).
+
+    Members
+    -------
+    seg : In(stream.Signature(segment_layout))
+        Segments of a binarized layer.
+    val : In(stream.Signature({y, last}))
+        Values of the final layer (``y`` signed ``config.y_bits``).
+    final : In(1)
+        Which input the layer uses.
+    out_addr : In(16)
+        Entry of the layer's first output word (loaded on ``start``).
+    out_pixels : In(16)
+        Output pixels of the layer.
+    start : In(1)
+        Layer start: load the address, clear the pixel count and ``done``.
+    done : Out(1)
+    we, waddr, wdata : Out
+        Entry write (``wdata`` is the whole entry, ``8 * act_entry_bytes`` bits).
+    """
+
+    def __init__(self, config: AcceleratorConfig, segment_layout):
+        self.config = config
+        self.mm = MemoryMap(config)
+        super().__init__({
+            "seg": In(stream.Signature(segment_layout)),
+            "val": In(stream.Signature(data.StructLayout({"y": signed(config.y_bits), "last": unsigned(1)}))),
+            "final": In(1),
+            "out_addr": In(16),
+            "out_pixels": In(16),
+            "start": In(1),
+            "done": Out(1),
+            "we": Out(1),
+            "waddr": Out(range(config.act_depth)),
+            "wdata": Out(8 * self.mm.act_entry_bytes),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, mm = self.config, self.mm
+        lanes, beta_a = cfg.lanes, cfg.beta_a
+        entry = act_entry_layout(cfg)
+
+        addr = Signal(16)
+        pixels = Signal(16)
+        pixel_end = Signal()       # this cycle's write completes a pixel
+        m.d.comb += self.waddr.eq(addr)
+        done_r = Signal()
+        m.d.comb += self.done.eq(done_r)
+
+        # --- binarized segments ---------------------------------------------------------------
+        seg_we, seg_data, seg_pixel_end = Signal(), Signal(entry), Signal()
+        seg = self.seg.payload
+        if beta_a <= lanes:
+            per_word = lanes // beta_a
+            q = Signal(range(per_word))
+            word = Signal(entry)
+            new = Signal(entry)
+            m.d.comb += self.seg.ready.eq(1)
+            take = self.seg.valid & ~self.final
+            m.d.comb += [new.a.eq(word.a | (seg.signs[:beta_a] << (q * beta_a))[:lanes])]
+            for k in range(per_word):
+                m.d.comb += new.da[k].eq(Mux(q == k, seg.delta[:cfg.act_bits], word.da[k]))
+            full = (q == per_word - 1) | seg.last
+            m.d.comb += [seg_we.eq(take & full), seg_data.eq(new), seg_pixel_end.eq(take & seg.last)]
+            with m.If(self.start):
+                m.d.sync += [q.eq(0), word.eq(0)]
+            with m.Elif(take):
+                with m.If(full):
+                    m.d.sync += [q.eq(0), word.eq(0)]
+                with m.Else():
+                    m.d.sync += [q.eq(q + 1), word.eq(new)]
+        else:
+            span = beta_a // lanes
+            busy = Signal()
+            idx = Signal(range(span))
+            nwords = Signal(range(span + 1))
+            signs = Signal(beta_a)
+            delta = Signal(cfg.act_bits)
+            last = Signal()
+            at_end = busy & (idx == nwords - 1)
+            m.d.comb += self.seg.ready.eq(~busy | at_end)
+            take = self.seg.valid & self.seg.ready & ~self.final
+            m.d.comb += [
+                seg_we.eq(busy),
+                seg_data.a.eq(signs.word_select(idx, lanes)),
+                seg_data.da[0].eq(delta),
+                seg_pixel_end.eq(at_end & last),
+            ]
+            with m.If(self.start):
+                m.d.sync += busy.eq(0)
+            with m.Else():
+                with m.If(busy):
+                    m.d.sync += idx.eq(idx + 1)
+                    with m.If(at_end):
+                        m.d.sync += busy.eq(0)
+                with m.If(take):
+                    m.d.sync += [busy.eq(1), idx.eq(0), signs.eq(seg.signs[:beta_a]),
+                                 delta.eq(seg.delta[:cfg.act_bits]), last.eq(seg.last),
+                                 nwords.eq((seg.length + lanes - 1) >> (lanes.bit_length() - 1))]
+
+        # --- final values ---------------------------------------------------------------------
+        k = mm.entries_per_output
+        ebits = 8 * mm.act_entry_bytes
+        vbits = 8 * mm.output_value_bytes
+        vbusy = Signal()
+        vidx = Signal(range(k))
+        vreg = Signal(k * ebits)
+        vlast = Signal()
+        v_end = vbusy & (vidx == k - 1)
+        m.d.comb += self.val.ready.eq(~vbusy | v_end)
+        vtake = self.val.valid & self.val.ready & self.final
+        y = self.val.payload.y
+        with m.If(self.start):
+            m.d.sync += vbusy.eq(0)
+        with m.Else():
+            with m.If(vbusy):
+                m.d.sync += vidx.eq(vidx + 1)
+                with m.If(v_end):
+                    m.d.sync += vbusy.eq(0)
+            with m.If(vtake):
+                ext = Cat(y, y[-1].replicate(max(0, vbits - len(y))))[:vbits]
+                m.d.sync += [vbusy.eq(1), vidx.eq(0), vreg.eq(ext), vlast.eq(self.val.payload.last)]
+
+        # --- write port and progress ---------------------------------------------------------
+        with m.If(self.final):
+            m.d.comb += [self.we.eq(vbusy), self.wdata.eq(vreg.word_select(vidx, ebits)),
+                         pixel_end.eq(v_end & vlast)]
+        with m.Else():
+            m.d.comb += [self.we.eq(seg_we), self.wdata.eq(seg_data.as_value()), pixel_end.eq(seg_pixel_end)]
+
+        with m.If(self.start):
+            m.d.sync += [addr.eq(self.out_addr), pixels.eq(0), done_r.eq(0)]
+        with m.Else():
+            with m.If(self.we):
+                m.d.sync += addr.eq(addr + 1)
+            with m.If(pixel_end):
+                m.d.sync += pixels.eq(pixels + 1)
+                with m.If(pixels + 1 == self.out_pixels):
+                    m.d.sync += done_r.eq(1)
+        return m
