@@ -19,7 +19,6 @@ from hadahw.params import AcceleratorConfig
 from hadahw.program import DESCRIPTOR_BYTES, compile_network, predict_cycles
 from hadahw.protocol import Space, Status
 from hadahw.rtl.core import HadaCore
-from hadahw.sim import runner as sim_runner
 from hadahw.sim import toolchain
 from hadahw.sim.runner import build_dir_for, run_cocotb
 
