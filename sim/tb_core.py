@@ -30,20 +30,8 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
 
-from hadahw.sim.tbutil import tb_params
-
-SPACE_BITS = 2
-
-
-def _bit(handle) -> bool:
-    text = str(handle.value)
-    if text not in ("0", "1"):
-        raise AssertionError(f"{handle!r} is {text!r}, not 0/1")
-    return text == "1"
-
-
-def _uint(handle) -> int:
-    return handle.value.to_unsigned()
+from hadahw.rtl.hostbus import SPACE_BITS
+from hadahw.sim.tbutil import bit as _bit, tb_params, uint as _uint
 
 
 def decode_output(data: bytes, case: dict) -> list[int]:

@@ -20,24 +20,13 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
 
-from hadahw.sim.tbutil import tb_params
+from hadahw.sim.tbutil import bit as _bit, tb_params, uint as _uint
 
 
 def xnor_popcount(a: int, b: int, width: int) -> int:
     """Independent Python model of the DUT."""
     mask = (1 << width) - 1
     return bin(~(a ^ b) & mask).count("1")
-
-
-def _bit(handle) -> bool:
-    text = str(handle.value)
-    if text not in ("0", "1"):
-        raise AssertionError(f"{handle!r} is {text!r}, not 0/1")
-    return text == "1"
-
-
-def _uint(handle) -> int:
-    return handle.value.to_unsigned()
 
 
 @cocotb.test()

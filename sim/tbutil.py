@@ -9,7 +9,7 @@ import json
 import os
 from typing import Any
 
-__all__ = ["TB_PARAMS_ENV", "tb_params"]
+__all__ = ["TB_PARAMS_ENV", "tb_params", "bit", "uint"]
 
 TB_PARAMS_ENV = "HADAHW_TB_PARAMS"
 """Environment variable through which :func:`hadahw.sim.runner.run_cocotb` hands the
@@ -25,3 +25,16 @@ def tb_params() -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{TB_PARAMS_ENV} must hold a JSON object, got {type(value).__name__}")
     return value
+
+
+def bit(handle) -> bool:
+    """Value of a 1-bit signal; X/Z fails the test instead of reading as 0."""
+    text = str(handle.value)
+    if text not in ("0", "1"):
+        raise AssertionError(f"{handle!r} is {text!r}, not 0/1")
+    return text == "1"
+
+
+def uint(handle) -> int:
+    """Unsigned value of a signal."""
+    return handle.value.to_unsigned()
