@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from hadahw.contract import Requant, segment_count
+from hadahw.contract import DeltaFormat, Requant, segment_count
 from hadahw.golden import QAct, QLayer, accumulate, max_pool, run_layer
 from hadahw.params import AcceleratorConfig
+from hadahw.program import DESCRIPTOR_BYTES
 
 __all__ = ["random_act", "random_layer", "random_network", "Spec"]
 
@@ -93,3 +94,17 @@ def random_network(rng, cfg: AcceleratorConfig, spec: Spec, *, extreme=False):
         if not final:
             act = run_layer(layer, act)
     return layers, act0
+
+
+def config_kwargs(*, lanes, rows, bw, ba, fmt=None, scaling="dsp", act_bits=8, **kw) -> dict:
+    """AcceleratorConfig keyword arguments for small test cores: memories sized for the random
+    networks of this module (override any field through ``kw``)."""
+    kw.setdefault("max_reduction", 512)
+    kw.setdefault("weight_depth", 256)
+    kw.setdefault("act_depth", 256)
+    kw.setdefault("param_depth", 96)
+    kw.setdefault("desc_bytes", 4 * DESCRIPTOR_BYTES)
+    kw.setdefault("max_channels", 32)
+    kw.setdefault("max_pool_width", 8)
+    return dict(rows=rows, lanes=lanes, beta_w=bw, beta_a=ba, weight_delta=fmt or DeltaFormat(), scaling=scaling,
+                act_bits=act_bits, **kw)

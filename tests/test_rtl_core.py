@@ -27,7 +27,7 @@ from hadahw.protocol import Space, Status
 from hadahw.rtl.core import HadaCore
 from hadahw.rtl.layouts import act_entry_layout, descriptor_layout, param_layout, weight_entry_layout
 
-from netgen import Spec, random_act, random_network
+from netgen import Spec, config_kwargs, random_act, random_network
 
 FIXED8 = DeltaFormat()
 FIXED4 = DeltaFormat(bits=4)
@@ -191,16 +191,8 @@ def check_network(cfg: AcceleratorConfig, spec: Spec, seed: int, *, bus_weight_e
 # Configurations
 
 
-def make_config(*, lanes, rows, bw, ba, fmt=FIXED8, scaling="dsp", act_bits=8, **kw):
-    kw.setdefault("max_reduction", 512)
-    kw.setdefault("weight_depth", 256)
-    kw.setdefault("act_depth", 256)
-    kw.setdefault("param_depth", 96)
-    kw.setdefault("desc_bytes", 4 * DESCRIPTOR_BYTES)
-    kw.setdefault("max_channels", 32)
-    kw.setdefault("max_pool_width", 8)
-    return AcceleratorConfig(rows=rows, lanes=lanes, beta_w=bw, beta_a=ba, weight_delta=fmt, scaling=scaling,
-                             act_bits=act_bits, **kw)
+def make_config(**kw):
+    return AcceleratorConfig(**config_kwargs(**kw))
 
 
 CONV3 = lambda c0, hw, n1, n2, n3, pool=2: Spec((hw, hw, c0), ("conv", n1, 3, 1, 1, pool), ("conv", n2, 3, 2, 1, 1),

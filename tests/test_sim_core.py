@@ -16,33 +16,29 @@ import pytest
 from hadahw.contract import DeltaFormat
 from hadahw.golden import run_network
 from hadahw.params import AcceleratorConfig
-from hadahw.program import DESCRIPTOR_BYTES, compile_network, predict_cycles
+from hadahw.program import compile_network, predict_cycles
 from hadahw.protocol import Space, Status
 from hadahw.rtl.core import HadaCore
 from hadahw.sim import toolchain
 from hadahw.sim.runner import build_dir_for, run_cocotb
 
+import netgen
 from netgen import Spec, random_network
 
 TB = "hadahw.sim.tb_core"
 TOP = "hada_core"
 
-FIXED8 = DeltaFormat()
 FIXED4 = DeltaFormat(bits=4)
 LOG2_4 = DeltaFormat(bits=4, kind="log2")
 LOG2_5 = DeltaFormat(bits=5, kind="log2")
 
 
-def config_kwargs(*, lanes, rows, bw, ba, fmt=FIXED8, scaling="dsp", act_bits=8, **kw) -> dict:
-    kw.setdefault("max_reduction", 512)
-    kw.setdefault("weight_depth", 128)
-    kw.setdefault("act_depth", 128)
-    kw.setdefault("param_depth", 32)
-    kw.setdefault("desc_bytes", 4 * DESCRIPTOR_BYTES)
-    kw.setdefault("max_channels", 32)
-    kw.setdefault("max_pool_width", 8)
-    return dict(rows=rows, lanes=lanes, beta_w=bw, beta_a=ba, weight_delta=fmt, scaling=scaling,
-                act_bits=act_bits, **kw)
+#: Smaller memories than netgen's defaults keep the Verilator models quick to build.
+SIM_DEPTHS = dict(weight_depth=128, act_depth=128, param_depth=32)
+
+
+def config_kwargs(**kw) -> dict:
+    return netgen.config_kwargs(**{**SIM_DEPTHS, **kw})
 
 
 def build_key(kw: dict) -> dict:
