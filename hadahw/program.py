@@ -86,6 +86,10 @@ from .protocol import Space
 __all__ = [
     "DESCRIPTOR_FIELDS",
     "DESCRIPTOR_BYTES",
+    "WRAPPING_FIELDS",
+    "IGNORED_FIELDS",
+    "descriptor_field_bits",
+    "check_descriptor_fits",
     "FLAG_FINAL",
     "FLAG_RELU",
     "FLAG_SATURATE",
@@ -176,6 +180,62 @@ def _decode(cls, data: bytes):
     if len(data) != DESCRIPTOR_BYTES:
         raise ValueError(f"a descriptor is {DESCRIPTOR_BYTES} bytes, not {len(data)}")
     return cls(**dict(zip((n for n, _, _ in DESCRIPTOR_FIELDS), _DESC_STRUCT.unpack(data))))
+
+
+def _ubits(n: int) -> int:
+    """Bits of an unsigned register holding ``0..n`` (at least 1)."""
+    return max(1, int(n).bit_length())
+
+
+#: Descriptor fields that are addresses computed modulo ``2**16`` (they may "wrap" below zero
+#: for a padded window): the core keeps only their low ``log2(act_depth)`` bits, which is exact
+#: because ``(x mod 2**16) mod 2**k == x mod 2**k``.
+WRAPPING_FIELDS = ("first_addr", "row_entries", "col_step", "row_step")
+#: Descriptor fields the core does not read (the host's record of the layer): not kept, not checked.
+IGNORED_FIELDS = ("in_c", "in_addr", "words", "reserved0", "reserved1")
+
+
+def descriptor_field_bits(config: AcceleratorConfig) -> dict[str, int]:
+    """Width of each descriptor field in the core's descriptor *register* for ``config``.
+
+    The memory format (:data:`DESCRIPTOR_FIELDS`) is fixed; the sequencer keeps only as many low
+    bits of each field as ``config`` can ever need (derived from the memory depths, the array
+    size and the limits below), which saves most of a 448-bit register and narrows every loop
+    counter.  :func:`compile_network` rejects a layer whose field does not fit its width, and the
+    sequencer faults on a descriptor with a non-zero dropped bit (except in
+    :data:`WRAPPING_FIELDS`, which are taken modulo ``2**k``).  ``0`` means the field is not kept
+    (it is not kept; it must be zero unless it is in :data:`IGNORED_FIELDS`).
+    """
+    c = config
+    act_addr = _ubits(c.act_depth - 1)
+    # A map's rows/columns: every pixel of an input or (pooled) output map takes an activation
+    # entry, and a conv output before pooling is at most max_pool times wider/taller.
+    dim = _ubits(c.act_depth * c.max_pool)
+    bits = {
+        "flags": 3, "out_bits": 5, "shift": _ubits(c.max_shift), "log2_out_beta_a": 3,
+        "in_h": dim, "in_w": dim, "in_c": 0, "kh": dim, "kw": dim,
+        "stride": min(8, dim), "pad": min(8, dim), "pool": _ubits(c.max_pool), "reserved0": 0,
+        "out_h": dim, "out_w": dim, "n": _ubits(c.param_depth),
+        "in_addr": 0, "out_addr": act_addr, "weight_addr": _ubits(c.weight_depth - 1),
+        "param_addr": _ubits(c.param_depth - 1), "wpp": _ubits(c.act_depth), "last_count": _ubits(c.lanes),
+        "words": 0, "passes": _ubits(c.param_depth), "last_rows": _ubits(c.rows),
+        "pace": _ubits(MemoryMap(c).entries_per_output * c.rows),  # pace <= spacing * min(R, N)
+        "row_entries": act_addr, "col_step": act_addr, "row_step": act_addr, "first_addr": act_addr,
+        "out_pixels": _ubits(c.act_depth), "reserved1": 0,
+    }
+    assert set(bits) == {n for n, _, _ in DESCRIPTOR_FIELDS}
+    return {name: min(bits[name], 8 * size) for name, size, _ in DESCRIPTOR_FIELDS}
+
+
+def check_descriptor_fits(desc, config: AcceleratorConfig) -> None:
+    """ValueError naming the field when ``desc`` has a value the core's register cannot hold."""
+    widths = descriptor_field_bits(config)
+    for name, _, _ in DESCRIPTOR_FIELDS:
+        v = getattr(desc, name)
+        if name not in WRAPPING_FIELDS + IGNORED_FIELDS and v >= 1 << widths[name]:
+            raise ValueError(f"descriptor field {name}={v} does not fit the core's {widths[name]}-bit register "
+                             f"for this configuration (act_depth={config.act_depth}, weight_depth="
+                             f"{config.weight_depth}, param_depth={config.param_depth})")
 
 
 #: One layer descriptor (frozen, keyword-only; every field of :data:`DESCRIPTOR_FIELDS`, default 0).
@@ -652,6 +712,7 @@ def compile_network(layers: Sequence[QLayer], config: AcceleratorConfig) -> Prog
                 first_addr=(in_addr - pad * (row_entries + wpp)) & 0xFFFF,
                 out_pixels=out_shape[0] * out_shape[1])
             desc.encode()
+            check_descriptor_fits(desc, config)
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
         plans.append(LayerPlan(

@@ -11,14 +11,21 @@ from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
 from hadahw.params import AcceleratorConfig
-from hadahw.program import DESCRIPTOR_FIELDS
+from hadahw.program import DESCRIPTOR_FIELDS, descriptor_field_bits
 
 __all__ = ["descriptor_layout", "weight_entry_layout", "act_entry_layout", "param_layout"]
 
 
-def descriptor_layout() -> data.StructLayout:
-    """One layer descriptor: each field of :data:`~hadahw.program.DESCRIPTOR_FIELDS`, in order."""
-    return data.StructLayout({name: unsigned(8 * size) for name, size, _ in DESCRIPTOR_FIELDS})
+def descriptor_layout(config: AcceleratorConfig | None = None) -> data.StructLayout:
+    """One layer descriptor: each field of :data:`~hadahw.program.DESCRIPTOR_FIELDS`, in order.
+
+    Without ``config``: the memory format (every field at its full byte width).  With ``config``:
+    the sequencer's register, each field only :func:`~hadahw.program.descriptor_field_bits` wide
+    (fields of width 0 are left out).
+    """
+    if config is None:
+        return data.StructLayout({name: unsigned(8 * size) for name, size, _ in DESCRIPTOR_FIELDS})
+    return data.StructLayout({name: unsigned(bits) for name, bits in descriptor_field_bits(config).items() if bits})
 
 
 def weight_entry_layout(config: AcceleratorConfig) -> data.StructLayout:

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import enum
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hadahw.params import AcceleratorConfig
-from hadahw.program import DESCRIPTOR_BYTES, FLAG_FINAL
+from hadahw.program import (DESCRIPTOR_BYTES, DESCRIPTOR_FIELDS, FLAG_FINAL, IGNORED_FIELDS, WRAPPING_FIELDS,
+                             descriptor_field_bits)
 
 from .engine import input_layout
 from .layouts import act_entry_layout, descriptor_layout, weight_entry_layout
@@ -66,8 +67,10 @@ class Sequencer(wiring.Component):
         One-cycle pulse when the program ends (the last cycle of ``busy``).
     fault : Out(1)
         With ``finished``: the program stopped on a bad descriptor or address.
-    desc : Out(descriptor_layout())
-        The current layer's descriptor, stable from ``layer_start`` to the layer's end.
+    desc : Out(descriptor_layout(config))
+        The current layer's descriptor, stable from ``layer_start`` to the layer's end; each
+        field only as wide as :func:`hadahw.program.descriptor_field_bits` (a descriptor with a
+        non-zero dropped bit faults, like one with a zero count).
     layer_start : Out(1)
         One-cycle pulse before a layer's first beat (resets the output stage).
     layer_done : In(1)
@@ -86,7 +89,7 @@ class Sequencer(wiring.Component):
             "busy": Out(1),
             "finished": Out(1),
             "fault": Out(1),
-            "desc": Out(descriptor_layout()),
+            "desc": Out(descriptor_layout(config)),
             "layer_start": Out(1),
             "layer_done": In(1),
             "desc_re": Out(1),
@@ -117,11 +120,20 @@ class Sequencer(wiring.Component):
         m.d.comb += [self.busy.eq(state != _State.IDLE), self.run.ready.eq(state == _State.IDLE)]
 
         # ---- stage A: loop counters and addresses -------------------------------------------
-        oy, ox, g, ky, kx, j = (Signal(16, name=n) for n in ("oy", "ox", "g", "ky", "kx", "j"))
-        iy0, ix0, iy, ix = (Signal(signed(18), name=n) for n in ("iy0", "ix0", "iy", "ix"))
-        orow, org, krow, aaddr = (Signal(16, name=n) for n in ("orow", "org", "krow", "aaddr"))
-        waddr = Signal(16)
-        wait = Signal(16)
+        # Each counter as wide as the descriptor field it runs to; input coordinates range over
+        # -pad .. in_h + pad - 1, so two more bits (sign, padding) than a map dimension.  Address
+        # arithmetic is modulo 2**width (see hadahw.program.WRAPPING_FIELDS).
+        fw = descriptor_field_bits(cfg)
+        oy, ox = Signal(fw["out_h"], name="oy"), Signal(fw["out_w"], name="ox")
+        g = Signal(fw["passes"], name="g")
+        ky, kx = Signal(fw["kh"], name="ky"), Signal(fw["kw"], name="kx")
+        j = Signal(fw["wpp"], name="j")
+        iy0, ix0, iy, ix = (Signal(signed(max(fw["in_h"], fw["in_w"]) + 2), name=n)
+                            for n in ("iy0", "ix0", "iy", "ix"))
+        orow, org, krow, aaddr = (Signal(fw["first_addr"], name=n) for n in ("orow", "org", "krow", "aaddr"))
+        waddr = Signal(fw["weight_addr"])
+        wait = Signal(fw["pace"])
+        overflow = Signal()  # the descriptor being fetched has a non-zero bit the register drops
         kpos_bits = max(1, cfg.beta_w.bit_length() - 1)
         kpos = Signal(kpos_bits)
 
@@ -164,11 +176,11 @@ class Sequencer(wiring.Component):
         # ---- descriptor checks --------------------------------------------------------------
         zero = Const(0)
         bad = zero
-        for name in ("in_h", "in_w", "in_c", "kh", "kw", "stride", "pool", "out_h", "out_w", "n", "wpp",
-                     "last_count", "words", "passes", "last_rows", "out_pixels"):
+        for name in ("in_h", "in_w", "kh", "kw", "stride", "pool", "out_h", "out_w", "n", "wpp",
+                     "last_count", "passes", "last_rows", "out_pixels"):
             bad = bad | (getattr(d, name) == 0)
         bad = bad | (d.last_count > lanes) | (d.last_rows > rows) | (d.pool > cfg.max_pool)
-        bad = bad | (~final & (d.log2_out_beta_a != cfg.beta_a.bit_length() - 1))
+        bad = bad | (~final & (d.log2_out_beta_a != cfg.beta_a.bit_length() - 1)) | overflow
 
         # ---- control -------------------------------------------------------------------------
         m.d.comb += [self.desc_raddr.eq(ptr + fcnt), self.layer_start.eq(0), self.finished.eq(0),
@@ -176,7 +188,7 @@ class Sequencer(wiring.Component):
         with m.Switch(state):
             with m.Case(_State.IDLE):
                 with m.If(self.run.valid):
-                    m.d.sync += [ptr.eq(self.run.payload), fcnt.eq(0)]
+                    m.d.sync += [ptr.eq(self.run.payload), fcnt.eq(0), overflow.eq(0)]
                     with m.If(self.run.payload > cfg.desc_bytes - nd):
                         # Out of range: fail at once (one busy cycle).
                         m.d.sync += [state.eq(_State.DRAIN), ptr.eq(cfg.desc_bytes)]
@@ -184,8 +196,7 @@ class Sequencer(wiring.Component):
                         m.d.sync += state.eq(_State.FETCH)
             with m.Case(_State.FETCH):
                 m.d.comb += self.desc_re.eq(fcnt < nd)
-                with m.If(fcnt != 0):
-                    m.d.sync += d.as_value().eq(Cat(d.as_value()[8:], self.desc_rdata))
+                self._capture(m, fcnt, overflow)
                 m.d.sync += fcnt.eq(fcnt + 1)
                 with m.If(fcnt == nd):
                     m.d.sync += state.eq(_State.SETUP)
@@ -245,5 +256,29 @@ class Sequencer(wiring.Component):
                         m.d.comb += [self.finished.eq(1), self.fault.eq(1)]
                         m.d.sync += state.eq(_State.IDLE)
                     with m.Else():
-                        m.d.sync += [ptr.eq(ptr + nd), fcnt.eq(0), state.eq(_State.FETCH)]
+                        m.d.sync += [ptr.eq(ptr + nd), fcnt.eq(0), overflow.eq(0), state.eq(_State.FETCH)]
         return m
+
+    def _capture(self, m: Module, fcnt: Signal, overflow: Signal) -> None:
+        """Descriptor byte ``fcnt - 1`` (on ``desc_rdata``) into the bits of its field that are kept.
+
+        A byte's dropped bits must be zero (else ``overflow``), except in wrapping address fields
+        and in fields the core ignores.
+        """
+        d, byte = self.desc, self.desc_rdata
+        widths = descriptor_field_bits(self.config)
+        offset = 0
+        with m.Switch(fcnt):
+            for name, size, _ in DESCRIPTOR_FIELDS:
+                width = widths[name]
+                for b in range(size):
+                    keep = max(0, min(8, width - 8 * b))
+                    checked = keep < 8 and name not in WRAPPING_FIELDS + IGNORED_FIELDS
+                    if keep or checked:
+                        with m.Case(offset + b + 1):
+                            if keep:
+                                m.d.sync += getattr(d, name)[8 * b:8 * b + keep].eq(byte[:keep])
+                            if checked:
+                                with m.If(byte[keep:] != 0):
+                                    m.d.sync += overflow.eq(1)
+                offset += size

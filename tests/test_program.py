@@ -329,6 +329,7 @@ def _conv(cfg, shape, n, *, kernel=3, stride=1, padding=1, pool=1, final=False, 
     ("chain", r"layer 1 \(linear\) has K=12 inputs but the previous layer produces 10 values"),
     ("chain-conv", r"layer 1 \(conv2d\) expects an input of shape \(4, 4, 8\) but the previous layer produces \(6, 6, 8\)"),
     ("desc", r"2 descriptors need 112 bytes, more than desc_bytes=64"),
+    ("field", r"layer 0 \(conv2d\): descriptor field stride=100 does not fit the core's 6-bit register"),
     ("empty", r"a network needs at least one layer"),
 ])
 def test_fit_errors(case, match):
@@ -369,6 +370,9 @@ def test_fit_errors(case, match):
         net = [_fc(cfg, 16, 10, final=False), _fc(cfg, 12, 2)]
     elif case == "chain-conv":
         net = [_conv(cfg, (6, 6, 4), 8), _conv(cfg, (4, 4, 8), 2, final=True)]
+    elif case == "field":
+        cfg = cfg_of(act_depth=16, max_pool=2)  # map dimensions < 2*16: 6-bit registers
+        net = [_conv(cfg, (1, 1, 8), 2, kernel=1, stride=100, padding=0, final=True)]
     elif case == "desc":
         cfg = cfg_of(desc_bytes=64)
         net = [_fc(cfg, 16, 8, final=False), _fc(cfg, 8, 2)]

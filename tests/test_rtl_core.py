@@ -22,7 +22,7 @@ from hadahw.contract import DeltaFormat
 from hadahw.golden import run_network
 from hadahw.params import AcceleratorConfig
 from hadahw.program import (DESCRIPTOR_BYTES, DESCRIPTOR_FIELDS, FLAG_FINAL, MemoryMap, compile_network,
-                            predict_cycles)
+                            descriptor_field_bits, predict_cycles)
 from hadahw.protocol import Space, Status
 from hadahw.rtl.core import HadaCore
 from hadahw.rtl.layouts import act_entry_layout, descriptor_layout, param_layout, weight_entry_layout
@@ -312,7 +312,7 @@ def field_offset(name: str) -> int:
     return sum(n for _, n, _ in DESCRIPTOR_FIELDS[:names.index(name)])
 
 
-@pytest.mark.parametrize("what", ["address", "no-final", "zero-field", "beta"])
+@pytest.mark.parametrize("what", ["address", "no-final", "zero-field", "beta", "dropped-bit"])
 def test_run_faults(what):
     """A RUN that cannot run ends with RUN_FAULT instead of hanging; the core runs fine afterwards."""
     cfg = make_config(lanes=8, rows=2, bw=8, ba=2, desc_bytes=2 * DESCRIPTOR_BYTES)
@@ -326,8 +326,13 @@ def test_run_faults(what):
     elif what == "no-final":
         bad[DESCRIPTOR_BYTES] &= ~FLAG_FINAL  # runs off the end of DESC
     elif what == "zero-field":
-        off = field_offset("words")
+        off = field_offset("passes")
         bad[off:off + 2] = b"\0\0"
+    elif what == "dropped-bit":
+        # The top byte of `passes` is beyond what this config's register keeps (param_depth is
+        # small): a non-zero bit there must fault, not silently run fewer passes.
+        assert descriptor_field_bits(cfg)["passes"] < 16
+        bad[field_offset("passes") + 1] |= 0x80
     else:
         bad[field_offset("log2_out_beta_a")] += 1
     core = HadaCore(cfg)
