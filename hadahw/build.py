@@ -103,6 +103,13 @@ BUILD_FLOW_VERSION = 1
 
 _BETAS = (2, 4, 8, 16, 32, 64)
 
+#: Configuration defaults of a board build on a chip with SPRAM (UP5K), where they differ from
+#: :class:`AcceleratorConfig`'s: the weight store in the 1 Mbit of SPRAM (16384 entries: the digits
+#: HadaNets of ``python -m hadahw.train`` fit whole), pooling up to 64 channels of 8-wide maps, and
+#: reductions up to 1024 (two accumulator bits fewer than 4096).  ``--set FIELD=VALUE`` overrides each.
+SPRAM_BOARD_DEFAULTS = {"weight_memory": "spram", "weight_depth": 16384, "max_reduction": 1024,
+                        "max_channels": 64, "max_pool_width": 8}
+
 
 class UsageError(ValueError):
     """Bad arguments: one line, exit status 2."""
@@ -200,9 +207,9 @@ class ResourceModel:
         """``{"lc", "ebr", "spram", "dsp"}`` estimated for a board build of ``config``."""
         if core == "stub":
             return dict(STUB_MEASURED)
-        from hadahw.program import ebr_usage
-        return {"lc": self.lc(config), "ebr": ebr_usage(config)["total"] + self.ebr_link, "spram": 0,
-                "dsp": self.dsp(config)}
+        from hadahw.program import MemoryMap, ebr_usage
+        return {"lc": self.lc(config), "ebr": ebr_usage(config)["total"] + self.ebr_link,
+                "spram": MemoryMap(config).spram(), "dsp": self.dsp(config)}
 
     def formula(self) -> str:
         return "LC = " + " + ".join(f"{c:g}*{t}" if t != "1" else f"{c:g}" for c, t in zip(self.lc_coef, _LC_TERMS))
@@ -869,6 +876,8 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
             extra[key] = json.loads(raw)
         except json.JSONDecodeError:
             extra[key] = raw
+    if board.is_fpga and board.resources.get("spram", 0) > 0:
+        extra = {**SPRAM_BOARD_DEFAULTS, **extra}
     try:
         base = build_config(extra, rows=args.rows or 1, lanes=args.lanes or 16, beta_w=beta_w, beta_a=beta_a,
                             weight_delta=args.weight_delta, scaling=args.scaling)

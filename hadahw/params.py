@@ -14,11 +14,16 @@ from typing import Literal
 
 from .contract import DeltaFormat, acc_bits, signed_bits
 
-__all__ = ["AcceleratorConfig", "SCALING_MODES"]
+__all__ = ["AcceleratorConfig", "SCALING_MODES", "WEIGHT_MEMORIES", "SPRAM_WIDTH", "SPRAM_DEPTH", "SPRAM_BLOCKS"]
 
 #: How the delta_w product is built: ``"dsp"`` writes ``*`` (``synth_ice40 -dsp`` infers SB_MAC16),
 #: ``"shiftadd"`` sums shifted partial products in logic.  The delta_a product is always shift-add.
 SCALING_MODES = ("dsp", "shiftadd")
+
+#: Where the weight store lives: ``"ebr"`` (inferred block RAM, 4 kbit each, any width) or
+#: ``"spram"`` (the UP5K's 256 kbit single-port SB_SPRAM256KA, 16 bits x 16384, up to 4 side by side).
+WEIGHT_MEMORIES = ("ebr", "spram")
+SPRAM_WIDTH, SPRAM_DEPTH, SPRAM_BLOCKS = 16, 16384, 4
 
 _MAX_ACC_BITS = 62  # results travel through int64 on the host side
 
@@ -60,6 +65,10 @@ class AcceleratorConfig:
     weight_depth : int
         Entries of the weight store (one entry: the R sign words and R x S_w delta_w codes of one
         input word of one pass), 1..65536.
+    weight_memory : {"ebr", "spram"}
+        :data:`WEIGHT_MEMORIES`.  ``"spram"`` puts the weight store in SB_SPRAM256KA blocks (one
+        per 16 bits of entry, at most 4, so ``R*L + R*S_w*weight_bits <= 64``;
+        ``weight_depth <= 16384``); simulation uses an equivalent block-RAM model.
     act_depth : int
         Entries of the activation memory that holds every layer's input and output (one entry:
         L sign bits and S_a delta_a codes of one word of one pixel), 1..65536.
@@ -98,6 +107,7 @@ class AcceleratorConfig:
     max_reduction: int = 4096
     levels_per_stage: int = 2
     weight_depth: int = 256
+    weight_memory: Literal["ebr", "spram"] = "ebr"
     act_depth: int = 512
     param_depth: int = 256
     desc_bytes: int = 512
@@ -140,6 +150,17 @@ class AcceleratorConfig:
             v = getattr(self, name)
             if not _is_int(v) or not lo <= v <= hi:
                 raise ValueError(f"{name} must be an integer in {lo}..{hi}, not {v!r}")
+        if self.weight_memory not in WEIGHT_MEMORIES:
+            raise ValueError(f"weight_memory must be 'ebr' or 'spram', not {self.weight_memory!r}")
+        if self.weight_memory == "spram":
+            bits = self.rows * self.lanes + self.rows * self.weight_groups * self.weight_code_bits
+            if bits > SPRAM_WIDTH * SPRAM_BLOCKS:
+                raise ValueError(f"weight_memory='spram' holds entries of at most {SPRAM_WIDTH * SPRAM_BLOCKS} bits, "
+                                 f"but rows={self.rows} x lanes={self.lanes} needs {bits}; use fewer rows/lanes or "
+                                 f"weight_memory='ebr'")
+            if self.weight_depth > SPRAM_DEPTH:
+                raise ValueError(f"weight_depth must be at most {SPRAM_DEPTH} with weight_memory='spram', not "
+                                 f"{self.weight_depth}")
         if self.acc_bits > _MAX_ACC_BITS:
             raise ValueError(f"max_reduction={self.max_reduction} needs {self.acc_bits} accumulator bits with these "
                              f"delta formats, more than {_MAX_ACC_BITS}; reduce max_reduction or the delta bits")

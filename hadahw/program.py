@@ -319,12 +319,19 @@ class MemoryMap:
         c = self.config
         pool_depth = (c.max_pool_width // 2) * c.max_channels if c.max_pool >= 2 else 0
         return {
-            "weights": _ebr_blocks(8 * self.weight_entry_bytes, c.weight_depth),
+            "weights": 0 if c.weight_memory == "spram" else _ebr_blocks(8 * self.weight_entry_bytes, c.weight_depth),
             "acts": _ebr_blocks(8 * self.act_entry_bytes, c.act_depth),
             "params": _ebr_blocks(self.param_entry_bits, c.param_depth),
             "pool": _ebr_blocks(c.acc_bits, pool_depth),
             "desc": _ebr_blocks(8, c.desc_bytes),
         }
+
+
+    def spram(self) -> int:
+        """SB_SPRAM256KA blocks of the weight store (``weight_memory="spram"``; else 0)."""
+        if self.config.weight_memory != "spram":
+            return 0
+        return -(-8 * self.weight_entry_bytes // 16)
 
 
 def ebr_usage(config: AcceleratorConfig) -> dict[str, int]:

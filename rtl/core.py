@@ -75,7 +75,8 @@ class HadaCore(wiring.Component):
             raise TypeError(f"config must be an AcceleratorConfig, not {type(config).__name__}")
         self.config = config
         self.memory_map = mm = MemoryMap(config)
-        self.weights = EntryMemory(nbytes=mm.weight_entry_bytes, depth=config.weight_depth, stride=mm.weight_stride)
+        self.weights = EntryMemory(nbytes=mm.weight_entry_bytes, depth=config.weight_depth, stride=mm.weight_stride,
+                                   spram=config.weight_memory == "spram")
         self.acts = EntryMemory(nbytes=mm.act_entry_bytes, depth=config.act_depth, stride=mm.act_stride,
                                 core_write=True)
         self.desc = EntryMemory(nbytes=1, depth=config.desc_bytes, stride=1)

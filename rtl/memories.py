@@ -10,7 +10,7 @@ whole-entry writes for a memory that lives inside another block (the requantizer
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory, MemoryData
 from amaranth.lib.wiring import In, Out
@@ -40,6 +40,11 @@ class EntryMemory(wiring.Component):
         Byte stride of an entry in the host's address space (power of two >= ``nbytes``).
     core_write : bool
         Whether the core has a write port (``core_we``, ``core_waddr``, ``core_wdata``).
+    spram : bool
+        Build the storage from iCE40 UP5K SB_SPRAM256KA blocks (16 bits x 16384 each, one per
+        two bytes of entry) when elaborated for an iCE40 UP platform; elsewhere (simulation,
+        Verilog export without a platform) the ``lib.memory`` model below, which has the same
+        port contract.  Not with ``core_write``.
 
     Attributes
     ----------
@@ -68,12 +73,17 @@ class EntryMemory(wiring.Component):
         Write a whole entry.
     """
 
-    def __init__(self, *, nbytes: int, depth: int, stride: int, core_write: bool = False):
+    def __init__(self, *, nbytes: int, depth: int, stride: int, core_write: bool = False, spram: bool = False):
         for name, v in (("nbytes", nbytes), ("depth", depth)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, not {v!r}")
         _check_stride(nbytes, stride)
+        if spram and (core_write or depth > 16384):
+            self._MustUse__silence = True  # never built: no "created but never used" warning
+            raise ValueError(f"spram needs depth <= 16384 and no core write port, not depth={depth}, "
+                             f"core_write={core_write}")
         self.nbytes, self.depth, self.stride, self.core_write = nbytes, depth, stride, core_write
+        self.spram = spram
         self.data = MemoryData(shape=unsigned(8 * nbytes), depth=depth, init=[])
         self.host_addr_width = max(1, (depth * stride - 1).bit_length())
         members = {
@@ -92,6 +102,8 @@ class EntryMemory(wiring.Component):
         super().__init__(members)
 
     def elaborate(self, platform):
+        if self.spram and str(getattr(platform, "device", "")).startswith("iCE40UP"):
+            return self._elaborate_spram()
         m = Module()
         m.submodules.mem = mem = Memory(data=self.data)
         wp = mem.write_port(granularity=8)
@@ -125,6 +137,51 @@ class EntryMemory(wiring.Component):
         else:
             m.d.comb += [wp.addr.eq(host_entry), wp.data.eq(self.host_wdata.replicate(self.nbytes)),
                          wp.en.eq(Mux(self.host_we & ~self.core, host_en, 0))]
+        return m
+
+    def _elaborate_spram(self) -> Module:
+        """The same contract on SB_SPRAM256KA blocks (single port: one address, read or write).
+
+        The host writes only while the core is idle and the core never writes, so one address
+        mux serves both.  An SPRAM's DATAOUT holds while CHIPSELECT is low but is undefined after
+        a write, so the last read word is also kept in a register and shown from the cycle after
+        the read on (a read-after-read shows DATAOUT directly).
+        """
+        m = Module()
+        lane_bits = _log2(self.stride)
+        entry_bits = max(0, (self.depth - 1).bit_length())
+        host_lane = self.host_addr[:lane_bits] if lane_bits else Const(0, 1)
+        host_entry = self.host_addr[lane_bits:lane_bits + entry_bits] if entry_bits else Const(0, 1)
+        addr = Signal(14)
+        write = self.host_we & ~self.core
+        read = Mux(self.core, self.core_re, self.host_re)
+        m.d.comb += addr.eq(Mux(self.core, self.core_raddr, host_entry))
+        byte_en = (Const(1, self.nbytes) << host_lane)[:self.nbytes]
+        blocks = -(-self.nbytes // 2)
+        dout = []
+        for i in range(blocks):
+            q = Signal(16, name=f"spram{i}_q")
+            lo = byte_en[2 * i]
+            hi = byte_en[2 * i + 1] if 2 * i + 1 < self.nbytes else Const(0, 1)
+            m.submodules[f"spram{i}"] = Instance(
+                "SB_SPRAM256KA",
+                i_ADDRESS=addr, i_DATAIN=self.host_wdata.replicate(2), i_MASKWREN=Cat(lo, lo, hi, hi),
+                i_WREN=write, i_CHIPSELECT=read | write, i_CLOCK=ClockSignal(),
+                i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1, o_DATAOUT=q)
+            dout.append(q)
+        word = Cat(*dout)[:8 * self.nbytes]
+        fresh = Signal()  # DATAOUT is the word read in the previous cycle
+        held = Signal(8 * self.nbytes)
+        m.d.sync += fresh.eq(read & ~write)
+        with m.If(fresh):
+            m.d.sync += held.eq(word)
+        data = Signal(8 * self.nbytes)
+        m.d.comb += [data.eq(Mux(fresh, word, held)), self.core_rdata.eq(data)]
+        lane_r = Signal(max(1, lane_bits))
+        with m.If(~self.core & self.host_re):
+            m.d.sync += lane_r.eq(host_lane)
+        padded = Cat(data, Const(0, 8 * (self.stride - self.nbytes))) if self.stride > self.nbytes else data
+        m.d.comb += self.host_rdata.eq(padded.word_select(lane_r, 8) if self.stride > 1 else data)
         return m
 
 

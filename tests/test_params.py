@@ -36,6 +36,11 @@ BETAS = [2, 4, 8, 16, 32, 64]
     (dict(max_reduction=1 << 50), r"max_reduction=\d+ needs 67 accumulator bits"),
     (dict(weight_delta=DeltaFormat(bits=5, kind="log2"), act_bits=16, max_reduction=1 << 20),
      r"accumulator bits .* more than 62"),
+    (dict(weight_memory="bram"), r"weight_memory must be 'ebr' or 'spram', not 'bram'"),
+    (dict(weight_memory="spram"), r"weight_memory='spram' holds entries of at most 64 bits, but rows=8 x lanes=16 "
+                                  r"needs 192"),
+    (dict(rows=1, lanes=8, weight_memory="spram", weight_depth=16385),
+     r"weight_depth must be at most 16384 with weight_memory='spram', not 16385"),
 ])
 def test_validation_names_the_parameter(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -150,3 +155,13 @@ def test_fits_conv_uses_im2col_reduction():
     cfg.fits(conv)
     with pytest.raises(ValueError, match="K=72"):
         dataclasses.replace(cfg, max_reduction=71).fits(conv)
+
+
+@pytest.mark.parametrize("rows,lanes,blocks", [(1, 8, 1), (2, 8, 2), (1, 16, 2), (4, 8, 4), (1, 32, 3)])
+def test_spram_weight_store_sizes(rows, lanes, blocks):
+    """One SB_SPRAM256KA per 16 bits of weight entry (R*L sign bits + R*S_w 8-bit codes), no EBR."""
+    from hadahw.program import MemoryMap, ebr_usage
+    cfg = AcceleratorConfig(rows=rows, lanes=lanes, weight_memory="spram", weight_depth=16384)
+    assert MemoryMap(cfg).spram() == blocks == -(-(rows * lanes + rows * cfg.weight_groups * 8) // 16)
+    assert ebr_usage(cfg)["weights"] == 0
+    assert MemoryMap(dataclasses.replace(cfg, weight_memory="ebr", weight_depth=256)).spram() == 0
