@@ -14,7 +14,7 @@ from hadahw.golden import QAct, QLayer, accumulate, max_pool, run_layer
 from hadahw.params import AcceleratorConfig
 from hadahw.program import DESCRIPTOR_BYTES
 
-__all__ = ["random_act", "random_layer", "random_network", "Spec"]
+__all__ = ["random_act", "random_layer", "random_network", "Spec", "config_kwargs", "SYSTEM_CONFIG_KW", "lowered_digits"]
 
 
 def random_act(rng, cfg: AcceleratorConfig, shape) -> QAct:
@@ -108,3 +108,25 @@ def config_kwargs(*, lanes, rows, bw, ba, fmt=None, scaling="dsp", act_bits=8, *
     kw.setdefault("max_pool_width", 8)
     return dict(rows=rows, lanes=lanes, beta_w=bw, beta_a=ba, weight_delta=fmt or DeltaFormat(), scaling=scaling,
                 act_bits=act_bits, **kw)
+
+
+#: The accelerator of the full-system simulation (tests/test_sim_system.py), the hybrid tests and
+#: the ``hadahw.run --sim`` test: beta 16/2 like the digits variant hada16-2, memories large enough
+#: for the digits networks' hidden layers, small enough for a quick Verilator build.  One
+#: configuration, so one simulated-board build serves all of them.
+SYSTEM_CONFIG_KW = config_kwargs(lanes=16, rows=4, bw=16, ba=2, weight_depth=1024, act_depth=512, param_depth=512,
+                                 max_channels=64, max_reduction=1024)
+
+
+def lowered_digits(name: str, seed: int, *, beta_w: int = 16, beta_a: int = 2, n_calib: int = 64):
+    """A randomly initialised digits network (no training) lowered on random calibration images:
+    ``(hadahw.lower_net.LoweredNet, calibration images (n, 1, 8, 8) float tensor)``."""
+    import torch
+
+    from hadahw.lower_net import lower_network_full
+    from hadahw.nets import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(name, beta_w, beta_a).eval()
+    calib = torch.rand(n_calib, 1, 8, 8)
+    return lower_network_full(model, calib), calib
