@@ -1,7 +1,8 @@
 """A simulated board: the pin-free board design under Verilator, behind a pseudo-terminal.
 
 :class:`SimulatedBoard` builds the Verilog of :class:`hadahw.rtl.top.UARTSystem` (the same UART,
-receive FIFO, HostLink and HadaCore as on the FPGA, without clock/PLL and pins), runs it under
+receive FIFO, HostLink and HadaCore as on the FPGA, without clock/PLL and pins; wrapped in
+:class:`SimTop` for a power-on reset and fast simulation), runs it under
 cocotb with the bench :mod:`hadahw.sim.tb_uart_bridge` in a child process, and hands out the
 pseudo-terminal that bench bridges to the UART pins.  The host side is then exactly what talks
 to a board: :class:`~hadahw.sw.transport.SerialPipe` (pyserial) on the pty path, a
@@ -16,8 +17,8 @@ to a board: :class:`~hadahw.sw.transport.SerialPipe` (pyserial) on the pty path,
 Bit time.  The simulated UART runs at ``divisor`` clock cycles per bit (default
 :data:`DEFAULT_DIVISOR` = 4, the receiver's minimum) instead of the board's 18 MHz / 1 Mbaud = 18:
 the gateware is the same (``divisor`` is only the reload value of the UART's bit counters), and
-fewer cycles per bit make transfers faster to simulate (4 instead of 8 halved the load time of a
-16 KiB network).  The host's pyserial baud rate is irrelevant on a pty.
+fewer cycles per bit make transfers faster to simulate (a 16 KiB load took 7-10 s at 4 against
+11-17 s at 8 on a shared 2-core machine).  The host's pyserial baud rate is irrelevant on a pty.
 
 Lifetime.  Entering the context starts the child (``python -m hadahw.sim.uart_board JOB``, its own
 process group), which elaborates the design, builds it (the Verilator model is cached in
