@@ -43,6 +43,7 @@ import numpy as np
 
 from hadahw.golden import QLayer
 from hadahw.params import AcceleratorConfig
+from hadahw.train import _int_arg  # the same integer flag parser as the training CLI
 
 __all__ = ["RunReport", "default_config", "main", "EXIT_OK", "EXIT_MISMATCH", "EXIT_USAGE", "EXIT_DEVICE"]
 
@@ -213,18 +214,6 @@ def _images_arg(text: str):
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer or 'all', not {text!r}")
     return v
-
-
-def _int_arg(minimum: int, what: str):
-    def parse(text: str) -> int:
-        try:
-            v = int(text.strip(), 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}")
-        return v
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
