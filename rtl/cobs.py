@@ -7,15 +7,20 @@ random-access byte source (a memory read port, or anything with the same 1-cycle
 scans each block for its zero before sending the block's code byte, so it needs no lookahead
 FIFO, only a second read of each byte.  Its output is byte-identical to
 :func:`hadahw.protocol.cobs_encode` (minimal form: no empty block after a final full one).
+:class:`CobsWriter` encodes in place instead: it takes the raw bytes one at a time, as they are
+produced, and writes ``0x00 | COBS(raw) | 0x00`` into a memory (each block's code byte is written
+into a slot reserved when the block started, once the block ends), so the frame can then be sent
+with a plain walk through the memory.  The HostLink uses the writer; the encoder serves byte
+sources that cannot be written to.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["CobsToken", "CobsDecoder", "CobsEncoder"]
+__all__ = ["CobsToken", "CobsDecoder", "CobsEncoder", "CobsWriter"]
 
 #: Output of :class:`CobsDecoder`: a decoded byte (``end`` = 0) or the end of a non-empty frame
 #: (``end`` = 1, ``data`` = 0), with ``truncated`` set if the delimiter cut a COBS block short.
@@ -44,7 +49,10 @@ class CobsDecoder(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        remain = Signal(8)  # data bytes left in the current block
+        # Data bytes left in the current block, plus one; the next byte is a code byte while
+        # left <= 1 (so a code byte b loads b, and one decrementer serves).
+        left = Signal(8)
+        in_block = left[1:] != 0
         full = Signal()  # the current block's code was 0xFF (no implicit zero after it)
         first = Signal(init=1)  # no block started in this frame yet
         nonempty = Signal()  # a nonzero byte was seen since the last delimiter
@@ -54,8 +62,8 @@ class CobsDecoder(wiring.Component):
         produce = Signal()
         token = Signal(CobsToken)
         with m.If(delim):
-            m.d.comb += [produce.eq(nonempty), token.end.eq(1), token.truncated.eq(remain != 0)]
-        with m.Elif(remain != 0):
+            m.d.comb += [produce.eq(nonempty), token.end.eq(1), token.truncated.eq(in_block)]
+        with m.Elif(in_block):
             m.d.comb += [produce.eq(1), token.data.eq(b)]
         with m.Else():
             m.d.comb += produce.eq(~first & ~full)  # the implicit zero (data 0)
@@ -69,13 +77,13 @@ class CobsDecoder(wiring.Component):
             with m.If(produce):
                 m.d.sync += [o_valid.eq(1), self.o.payload.eq(token)]
             with m.If(delim):
-                m.d.sync += [remain.eq(0), full.eq(0), first.eq(1), nonempty.eq(0)]
+                m.d.sync += [left.eq(0), full.eq(0), first.eq(1), nonempty.eq(0)]
             with m.Else():
                 m.d.sync += nonempty.eq(1)
-                with m.If(remain != 0):
-                    m.d.sync += remain.eq(remain - 1)
+                with m.If(in_block):
+                    m.d.sync += left.eq(left - 1)
                 with m.Else():
-                    m.d.sync += [first.eq(0), full.eq(b == 0xFF), remain.eq(b - 1)]
+                    m.d.sync += [first.eq(0), full.eq(b == 0xFF), left.eq(b)]
         return m
 
 
@@ -195,4 +203,90 @@ class CobsEncoder(wiring.Component):
                 m.d.comb += [o.valid.eq(1), o.payload.eq(0)]
                 with m.If(o.ready):
                     m.next = "IDLE"
+        return m
+
+
+class CobsWriter(wiring.Component):
+    """Writes one delimited COBS frame into a memory, encoding in place as raw bytes arrive.
+
+    The frame goes to ``base``: ``base`` itself holds the leading ``0x00`` (the writer never
+    writes it: give the memory that initial content), then ``COBS(raw)`` and the trailing
+    ``0x00``, at most ``2 + cobs_max_len(n)`` bytes in all for ``n`` raw bytes.  A data byte is
+    written where it goes in the encoded frame; a zero byte, the 254th data byte of a block and
+    the end of the frame *close* the block: its code byte goes into the slot reserved when the
+    block started (the code of a block closed by its 254th byte, 0xFF, is written in the cycle
+    after that byte; ``ready`` is low then).  The output is byte-identical to
+    :func:`hadahw.protocol.cobs_encode` between two delimiters.
+
+    Parameters
+    ----------
+    depth : int
+        Depth of the memory (addresses ``range(depth)``).
+
+    Members
+    -------
+    start : In(1)
+        Begin a frame at ``base`` (no byte may be taken in the same cycle).
+    base : In(range(depth))
+        Sampled at ``start``.
+    data : In(8)
+    take : In(1)
+        Take ``data`` as the next raw byte; only while ``ready``.
+    ready : Out(1)
+        Low in the cycle after a block's 254th data byte (its code byte is written then).
+    finish : In(1)
+        Hold high (after the last byte) until ``done``: two cycles once ``ready``, writing the last
+        code byte and the trailing delimiter.
+    done : Out(1)
+    wr_addr, wr_data, wr_en : Out
+        Memory write port.
+    """
+
+    def __init__(self, *, depth: int):
+        if not isinstance(depth, int) or depth < 3:
+            raise ValueError(f"depth must be an integer >= 3, not {depth!r}")
+        self.depth = depth
+        super().__init__({
+            "start": In(1),
+            "base": In(range(depth)),
+            "data": In(8),
+            "take": In(1),
+            "ready": Out(1),
+            "finish": In(1),
+            "done": Out(1),
+            "wr_addr": Out(range(depth)),
+            "wr_data": Out(8),
+            "wr_en": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        opos = Signal(range(self.depth))  # next free address
+        cpos = Signal(range(self.depth))  # the current block's code slot
+        run = Signal(8)  # data bytes in the current block (0..254)
+        pend = Signal()  # the current block has 254 data bytes: close it now
+        full = Signal()  # the last block was closed by its 254th byte and nothing followed
+        last = Signal()  # second finishing cycle: the trailing delimiter
+        m.d.comb += self.ready.eq(~pend)
+        m.d.sync += pend.eq(self.take & (self.data != 0) & (run == 253))
+
+        with m.If(self.start):
+            m.d.sync += [cpos.eq(self.base + 1), opos.eq(self.base + 2), run.eq(0), full.eq(0)]
+        with m.Elif(pend | (self.take & (self.data == 0))):
+            # Close the block: its code byte into its slot; the next block's slot is here (where
+            # the zero byte would have gone, or after a full block).
+            m.d.comb += [self.wr_addr.eq(cpos), self.wr_data.eq(run + 1), self.wr_en.eq(1)]
+            m.d.sync += [cpos.eq(opos), opos.eq(opos + 1), run.eq(0), full.eq(pend)]
+        with m.Elif(self.take):
+            m.d.comb += [self.wr_addr.eq(opos), self.wr_data.eq(self.data), self.wr_en.eq(1)]
+            m.d.sync += [opos.eq(opos + 1), run.eq(run + 1), full.eq(0)]
+        with m.Elif(self.finish):
+            with m.If(~last):
+                # The final block's code; after a full block there is none (minimal form): the
+                # reserved slot takes the trailing delimiter.
+                m.d.comb += [self.wr_addr.eq(cpos), self.wr_data.eq(Mux(full, 0, run + 1)), self.wr_en.eq(1)]
+                m.d.sync += last.eq(1)
+            with m.Else():
+                m.d.comb += [self.wr_addr.eq(opos), self.wr_data.eq(0), self.wr_en.eq(1), self.done.eq(1)]
+                m.d.sync += last.eq(0)
         return m

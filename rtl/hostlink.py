@@ -2,31 +2,44 @@
 
 Receive path: byte stream (e.g. from :class:`~hadahw.rtl.uart.UARTRx`) -> :class:`CobsDecoder`
 -> receive buffer (``lib.memory.Memory``, ``6 + max_payload`` bytes) and a CRC-16/CCITT-FALSE
-register (``amaranth.lib.crc``, one byte per cycle, residue check: the CRC over the whole frame is
-0); the header, the first seven payload bytes and the last two bytes are also captured in
-registers -> the receiver checks in the protocol's order -> execution against the host bus
-(:mod:`hadahw.rtl.hostbus`).  WRITE_MEM data goes to the bus only after the whole frame passed
-its checks, streamed from the receive buffer.
+register (one byte per cycle; residue check: the CRC over the whole frame is 0).  The fields the
+checks need are captured in registers as they go by, already reduced to what a valid request can
+hold: the command (3 bits), seq, the length field, the space, the address bits of the largest
+space (straight into the bus address register) with one "higher bits set" flag, the READ_MEM
+length (straight into the length counter) with its own flag, and the last two bytes (the CRC
+field, for retransmission detection).  The receiver then checks in the protocol's order and
+executes against the host bus (:mod:`hadahw.rtl.hostbus`).  WRITE_MEM data goes to the bus only
+after the whole frame passed its checks, streamed from the receive buffer.
 
-Transmit path: a reply is (code, seq, length, payload place).  Payloads live in the reply memory
-(READ_MEM data, STATUS, WRITE_MEM echo and command NAKs are written there; the IDENTIFY payload is
-part of its initial contents, so no ROM of its own) or, for transport NAKs, in two registers;
-header and CRC bytes come from registers.  A first pass over header + payload computes the CRC
-(the same CRC register: the receiver is waiting then); :class:`CobsEncoder` then reads the same
-byte source again, twice per COBS block (scan for the zero, send), so it needs no lookahead
-buffer, and sends ``0x00 | COBS(raw) | 0x00`` on the output stream (e.g. to
-:class:`~hadahw.rtl.uart.UARTTx`).
+Transmit path: every reply is produced once, byte by byte (header, payload, CRC), into a
+:class:`~hadahw.rtl.cobs.CobsWriter` that COBS-encodes it in place into the reply memory, both
+delimiters included; sending is then a plain walk through that memory up to the trailing
+``0x00``.  Payload bytes come from registers (NAK status, the echoed WRITE_MEM length, STATUS),
+from the host bus (READ_MEM: one request at a time, straight into the writer) or from the receive
+buffer's memory: the request's own bytes (a NAK's received code, the echoed WRITE_MEM space and
+address) and the IDENTIFY payload, which is stored after the buffer as initial contents.  The
+reply's CRC is computed by the receiver's CRC register (the receiver is waiting then); its two
+bytes go through the writer like the others.
 
-The reply to the last *executed* frame stays in the reply memory with its descriptor, so a
-retransmitted request (same seq and CRC) is answered by sending it again, without executing
-anything; transport NAKs do not disturb it.
+The reply to the last *executed* frame stays in its own region of the reply memory, so a
+retransmitted request (same seq and CRC) is answered by sending it again without executing
+anything; transport NAKs are built in a second, small region and do not disturb it.
+
+Counters: the eight :class:`~hadahw.protocol.DevCounter` registers are incremented bit-serially
+(the selected counter rotates through one serial adder, 16 cycles per count, 32 when a count
+would wrap 0xFFFF: the second pass decrements it back) and read by rotating them byte-wise: with
+the STATUS snapshot (flags, run_status, cycles) they form one ring of byte registers whose head is
+the STATUS payload source; one full turn of the ring sends them and puts every byte back in its
+place.  So there is no counter-selection multiplexer and no 16-bit incrementer, and the logic in
+front of each counter bit fits in the LUT of its own logic cell.
 
 Concurrency: receiving runs while a reply is being sent.  When a frame is complete the receiver
-waits for the transmitter to finish, then checks and executes the frame and computes the reply's
-CRC; meanwhile the input stream is not ready (about one cycle per WRITE_MEM data byte plus bus
-stalls, one per reply byte, and a dozen more).  A host that waits for each answer (the protocol
-is stop-and-wait) never sends during that time; put a FIFO between UARTRx and the HostLink if
-other traffic (retransmissions after a too-short host timeout) must not be lost.
+waits for the transmitter to finish, then checks and executes the frame and builds the reply;
+meanwhile the input stream is not ready (one or two cycles per reply byte, about one per
+WRITE_MEM data byte plus bus stalls, and up to about fifty for the counters).  A host that waits for
+each answer (the protocol is stop-and-wait) never sends during that time; put a FIFO between
+UARTRx and the HostLink if other traffic (retransmissions after a too-short host timeout) must
+not be lost.
 
 Behaviour on the wire is that of :class:`hadahw.sw.devmodel.DevModel` with the same parameters,
 except what depends on the core: STATUS reports the ``busy``/``done``/``run_status``/``cycles``
@@ -37,26 +50,25 @@ from __future__ import annotations
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
-from amaranth.lib.crc import catalog
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hadahw.protocol import (
-    CRC_BYTES,
     FRAME_OVERHEAD,
     HEADER_BYTES,
     NAK_CODE,
+    RESPONSE_FLAG,
     WRITE_HEADER_BYTES,
     Command,
     DevCounter,
     DeviceInfo,
     Space,
     Status,
-    ack_code,
+    cobs_max_len,
     pack_identify,
 )
 
-from .cobs import CobsDecoder, CobsEncoder
+from .cobs import CobsDecoder, CobsWriter
 from .hostbus import HostBusSignature
 
 __all__ = ["HostLink", "STATUS_PAYLOAD_BYTES"]
@@ -64,33 +76,48 @@ __all__ = ["HostLink", "STATUS_PAYLOAD_BYTES"]
 N_COUNTERS = len(DevCounter)
 #: Length of the STATUS ACK payload.
 STATUS_PAYLOAD_BYTES = 8 + 2 * N_COUNTERS
-_COUNTER_MAX = 0xFFFF
 _READ_REQ_BYTES = 7  # space u8, address u32, length u16
 _RUN_REQ_BYTES = 4
 _WRITE_ACK_BYTES = 7
-_CAPTURED_ARGS = 7  # payload bytes 0..6 are also kept in registers
+_NAK_BYTES = 2
+_SNAP_BYTES = 6  # STATUS snapshot at the head of the ring: flags, run_status, cycles u32
+_FIELDS_END = HEADER_BYTES + _READ_REQ_BYTES  # raw bytes 0..10 may hold captured fields
+_WRITE_DATA = HEADER_BYTES + WRITE_HEADER_BYTES  # raw index of the first WRITE_MEM data byte
+assert max(Command) < 8 and int(Status.OK) == int(DevCounter.FRAMES_OK) == 0
+# A transport status doubles as the index of its counter (FRAME counts `status` as it is).
+assert all(int(Status[c.name]) == int(c) for c in (DevCounter.BAD_CRC, DevCounter.BAD_FRAME, DevCounter.BAD_LENGTH))
 
-# What FILL writes into the reply buffer.
-_FILL_NAK, _FILL_WACK, _FILL_STATUS = 0, 1, 2
 
+def _crc16_next(crc, data):
+    """CRC-16/CCITT-FALSE (poly 0x1021, MSB first, no reflection) of ``crc`` after one byte.
 
-def _crc16_processor():
-    return catalog.CRC16_CCITT_FALSE(data_width=8).create()
+    The XOR network is derived bit by bit (term sets, XORs of equal terms cancel), so each
+    output bit is one XOR of at most 7 inputs.
+    """
+    state = [frozenset([("s", i)]) for i in range(16)]
+    for i in reversed(range(8)):  # data MSB first
+        fb = state[15] ^ frozenset([("d", i)])
+        state = [frozenset()] + state[:15]
+        for tap in (0, 5, 12):
+            state[tap] = state[tap] ^ fb
+    src = {"s": crc, "d": data}
+
+    def xor(terms):
+        out = Const(0, 1)
+        for kind, i in sorted(terms):
+            out = out ^ src[kind][i]
+        return out
+    return Cat(*(xor(t) for t in state))
 
 
 def _gt_const(value, c: int):
     """``value > c`` for a constant ``c``; an OR of bit ranges when ``c`` is a power of two."""
+    if c >= (1 << len(value)) - 1:
+        return Const(0)
     if c & (c - 1) or c == 0:
         return value > c
     k = c.bit_length() - 1
     return (value[k + 1:] != 0) | (value[k] & (value[:k] != 0))
-
-
-def _ge_const(value, c: int):
-    """``value >= c`` for a constant ``c``; an OR of high bits when ``c`` is a power of two."""
-    if c & (c - 1) or c == 0:
-        return value >= c
-    return value[c.bit_length() - 1:] != 0
 
 
 class HostLink(wiring.Component):
@@ -100,14 +127,14 @@ class HostLink(wiring.Component):
     ----------
     max_payload : int
         Receive buffer (``6 + max_payload`` bytes) and longest READ_MEM, in
-        ``[MIN_DEVICE_PAYLOAD, MAX_PAYLOAD]``; IDENTIFY reports it, so the host adapts.  256 keeps
-        the receive buffer in one EBR, and the reply memory too if the IDENTIFY payload is at most
-        252 bytes (2 EBR in all).
+        ``[MIN_DEVICE_PAYLOAD, MAX_PAYLOAD]``; IDENTIFY reports it, so the host adapts.  With 256
+        the reply memory (two COBS frame regions) is one EBR, and the receive buffer with the
+        IDENTIFY payload after it two for up to 762 bytes of IDENTIFY payload.
     space_sizes : mapping or sequence
         Bytes per :class:`~hadahw.protocol.Space` (BAD_ADDRESS checks, IDENTIFY, bus width).
     config_json : bytes
-        The accelerator configuration as UTF-8 JSON, reported by IDENTIFY (stored in the reply
-        memory's initial contents).
+        The accelerator configuration as UTF-8 JSON, reported by IDENTIFY (stored after the
+        receive buffer, as initial contents of its memory).
     align : int
         Power of two dividing every WRITE_MEM/READ_MEM address and length.
     addr_width : int, optional
@@ -127,7 +154,8 @@ class HostLink(wiring.Component):
         What IDENTIFY reports; ``identify_payload`` is its encoding.
     counters : tuple of Signal(16)
         The :class:`~hadahw.protocol.DevCounter` registers, in that order (for debug outputs, and
-        for tests that preset them).
+        for tests that preset them).  Each holds its counter whenever the link is idle; they move
+        (rotate) only while a count is applied or a STATUS reply is built.
     """
 
     def __init__(self, *, max_payload: int = 256, space_sizes, config_json: bytes = b"{}", align: int = 1,
@@ -162,450 +190,503 @@ class HostLink(wiring.Component):
 
     @property
     def reply_buffer_bytes(self) -> int:
-        """Reply buffer (payloads other than IDENTIFY's): the longest READ_MEM or STATUS."""
+        """Longest reply payload gathered at run time: the longest READ_MEM or STATUS."""
         return max(self.max_payload, STATUS_PAYLOAD_BYTES)
 
     @property
     def max_reply_payload(self) -> int:
+        """Longest reply payload, IDENTIFY's included."""
         return max(self.max_payload, len(self.identify_payload), STATUS_PAYLOAD_BYTES)
 
     @property
-    def ident_base(self) -> int:
-        """Where the IDENTIFY reply sits in the reply memory (payload at ``ident_base + 4``).
+    def reply_layout(self) -> tuple[int, int, int]:
+        """Reply memory layout: (stored reply base, transport NAK base, depth).
 
-        A power of two, so that ``ident_base | index`` addresses it, at or past the end of the
-        reply buffer's payload (``4 + reply_buffer_bytes``, header slots being unused).
+        Each region holds ``0x00 | COBS(raw frame) | 0x00``; its first byte is the leading
+        delimiter, 0 from the initial contents and never written.
         """
-        n = max(self.reply_buffer_bytes, HEADER_BYTES + len(self.identify_payload))
-        return 1 << (n - 1).bit_length()
+        stored = 2 + cobs_max_len(FRAME_OVERHEAD + self.max_reply_payload)
+        transport = 2 + cobs_max_len(FRAME_OVERHEAD + _NAK_BYTES)
+        return 0, stored, stored + transport
 
     def elaborate(self, platform):
         m = Module()
         mp = self.max_payload
         limit = self.rx_buffer_bytes
         ident = self.identify_payload
-        pmax = self.max_reply_payload
-        rmax = pmax + FRAME_OVERHEAD
         bus = self.bus
-        aw = bus.signature.addr_width
         sizes = self.space_sizes
+        wr, rq, rs, run = bus.write, bus.read_req, bus.read_resp, bus.run
 
-        # --- receive: COBS, buffer, captured fields -------------------------------------------
+        # Address bits kept: enough for every address inside a space, and for the alignment
+        # check.  Higher address bits only matter as "some are set" (then out of range).
+        abits = max(max(1, (max(sizes) - 1).bit_length()), (self.align - 1).bit_length())
+        # Length counter: READ_MEM and WRITE_MEM data lengths (<= max_payload once checked).
+        lbits = mp.bit_length()
+
+        # --- receive: COBS, buffer, CRC ---------------------------------------------------------
         m.submodules.cobs_dec = dec = CobsDecoder()
         wiring.connect(m, wiring.flipped(self.i), dec.i)
         tok = dec.o
+        d = tok.payload.data
 
-        m.submodules.rx_buf = rx_buf = Memory(shape=8, depth=limit, init=[])
+        # The receive buffer, followed by the IDENTIFY payload (initial contents, never written):
+        # reply bytes copied from the request (the WRITE_MEM echo, a NAK's received code) and the
+        # IDENTIFY payload come through one read port.
+        id_base = limit
+        id_end = limit + len(ident)
+        m.submodules.rx_buf = rx_buf = Memory(shape=8, depth=id_end, init=[0] * limit + list(ident))
         rx_wp = rx_buf.write_port()
         rx_rp = rx_buf.read_port()
-        # One CRC register: the receiver's while receiving, the reply's while the receiver waits.
-        # Its inputs are registered: crc.crc includes a byte two cycles after the byte was taken.
-        m.submodules.crc = crc = _crc16_processor()
-        m.d.sync += [crc.start.eq(0), crc.valid.eq(0)]
+        m.d.comb += [rx_rp.en.eq(0), rx_wp.en.eq(0)]
 
-        rx_n = Signal(range(limit + 1))  # decoded bytes in this frame
+        # In the receive state, tokens are taken; `in_rx` is a register equal to that state.
+        in_rx = Signal(init=1)
+        rx_n = Signal(range(id_end + 1))  # decoded bytes in this frame; rx_buf address while executing
         rx_over = Signal()  # more than `limit` bytes: discarding up to the delimiter
-        rx_code = Signal(8)
+        # One-hot position of the byte being decoded among raw bytes 0..10 (the captured ones).
+        cap = Signal(_FIELDS_END, init=1)
         rx_seq = Signal(8)
-        rx_len = Signal(16)  # length field
-        rx_arg = [Signal(8, name=f"rx_arg{k}") for k in range(_CAPTURED_ARGS)]
+        cmd = Signal(3)  # the code if it is a Command (< 8), else 0
+        plen = Signal(lbits)  # the length field; plen_hi: some higher bit of it is set
+        plen_hi = Signal()
+        space = Signal(2)  # the space byte if < 4; space_bad: it is >= len(Space)
+        space_bad = Signal()
+        baddr = Signal(abits)  # bus address: the request's, then incremented per transfer
+        addr_hi = Signal()  # some address bit >= abits is set (the request is out of range)
+        cnt = Signal(lbits)  # READ_MEM length as received, then bytes left to transfer
+        cnt_hi = Signal()  # some READ_MEM length bit >= lbits is set
         rx_tail = Signal(16)  # last two bytes: the CRC field once the frame is complete
-        f_status = Signal(4)  # receiver verdict of the completed frame
-        f_nak = Signal()  # at least two bytes decoded: a transport NAK can be addressed
         f_lenbad = Signal()  # length field != decoded bytes - 6
-        f_dup = Signal()  # same seq and CRC as the last executed frame
-        f_ooo = Signal()  # seq is not last seq + 1
+        f_nak = Signal()  # at least two bytes decoded: a transport NAK can be addressed
+        st = Signal(4)  # the Status of the frame, then of the request
 
-        # Request fields (meaningful once the payload size has been checked).
-        space = rx_arg[0]
-        rw_addr = Cat(*rx_arg[1:5])
-        rd_len = Cat(rx_arg[5], rx_arg[6])
-        run_addr = Cat(*rx_arg[0:4])
-        wr_len = Signal(16)  # WRITE_MEM data length (registered in VERDICT)
-        c_rw = Signal()  # the command is WRITE_MEM or READ_MEM (registered in VERDICT)
-        c_run = Signal()  # the command is RUN
-        cmd = Signal(3)  # rx_code if it is a Command, else 0 (registered in VERDICT)
-        assert max(Command) < 8
+        # Request fields, meaningful once the payload size has been checked.
+        is_run = cmd == Command.RUN
+        is_write = cmd == Command.WRITE_MEM
+        is_read = cmd == Command.READ_MEM
 
-        # --- counters: one shared incrementer, one mux (also read by STATUS) -------------------
-        # count() registers the request; the next cycle reads the counter and registers its
-        # successor, the cycle after writes it back (consecutive requests are for different
-        # counters, so the pipeline needs no bypass).
-        ctr = Array(self.counters)
-        ctr_sel = Signal(range(N_COUNTERS))
-        ctr_inc = Signal()
+        def capture_le(reg, flag, byte, en):
+            """Byte ``byte`` of a little-endian field (``d``, when ``en``) into ``reg``; bits past
+            ``reg`` into the sticky ``flag`` (assigned by the first such byte, ORed by later ones)."""
+            lo, w = 8 * byte, len(reg)
+            with m.If(en):
+                if lo < w:
+                    m.d.sync += reg[lo:min(w, lo + 8)].eq(d[:min(w, lo + 8) - lo])
+                if lo + 8 > w:
+                    extra = d[max(0, w - lo):] != 0
+                    m.d.sync += flag.eq(extra if lo <= w else flag | extra)
+
+        # --- counters: bit-serial saturating increments, byte-wise ring for STATUS --------------
+        # A count selects one counter (ctr_sel) and rotates it LSB first through the serial adder
+        # (carry ctr_t): 16 steps put every bit back in place, incremented.  A carry out of the
+        # last step means it was 0xFFFF (now 0): a second pass subtracts 1 (borrow ctr_t), which
+        # saturates it.  FRAME, SEQ and ACT each start at most one count, after the previous one.
+        ctrs = self.counters
+        snap = Signal(8 * _SNAP_BYTES)  # STATUS snapshot: flags, run_status, cycles
+        ring = [snap[8 * i:8 * i + 8] for i in range(_SNAP_BYTES)] + [c[h:h + 8] for c in ctrs for h in (0, 8)]
+        ring_step = Signal()  # rotate the ring by one byte: byte i takes byte i + 1
+        snap_load = Signal()
         ctr_clear = Signal()
-        ctr_val = Signal(16)
-        ctr_wsel = Signal(range(N_COUNTERS))
-        ctr_wen = Signal()
-        ctr_next = Signal(16)
-        m.d.comb += ctr_val.eq(ctr[ctr_sel])
-        m.d.sync += [
-            ctr_inc.eq(0),
-            ctr_wen.eq(ctr_inc & (ctr_val != _COUNTER_MAX)),
-            ctr_wsel.eq(ctr_sel),
-            ctr_next.eq(ctr_val + 1),
-        ]
-        with m.If(ctr_clear):
-            m.d.sync += [c.eq(0) for c in ctr]
-        with m.Elif(ctr_wen):
-            m.d.sync += ctr[ctr_wsel].eq(ctr_next)
+        ctr_busy = Signal()  # a count is being applied
+        ctr_sel = Signal(range(N_COUNTERS))
+        ctr_bit = Signal(4)  # steps of the current pass (wraps to 0 at its end)
+        ctr_t = Signal()  # serial carry (increment) or borrow (decrement)
+        ctr_dec = Signal()  # second pass: the increment wrapped 0xFFFF to 0, decrement it back
+        ctr_q0 = Signal()
+        m.d.comb += ctr_q0.eq(Array(c[0] for c in ctrs)[ctr_sel])
+
+        def ring_next(i):
+            return ring[(i + 1) % len(ring)]
+
+        with m.If(snap_load):
+            m.d.sync += snap.eq(Cat(bus.busy, bus.done, Const(0, 6), bus.run_status, bus.cycles))
+        with m.Elif(ring_step):
+            m.d.sync += snap.eq(Cat(*(ring_next(i) for i in range(_SNAP_BYTES))))
+        for n, c in enumerate(ctrs):
+            i = _SNAP_BYTES + 2 * n
+            with m.If(ctr_clear):
+                m.d.sync += c.eq(0)
+            with m.Elif(ring_step):
+                m.d.sync += c.eq(Cat(ring_next(i), ring_next(i + 1)))
+            with m.Elif(ctr_busy & (ctr_sel == n)):
+                # LSB first through the serial adder; after 16 steps every bit is back in place.
+                m.d.sync += c.eq(Cat(c[1:], c[0] ^ ctr_t))
+        with m.If(ctr_busy):
+            m.d.sync += [ctr_bit.eq(ctr_bit + 1), ctr_t.eq(ctr_t & (ctr_q0 ^ ctr_dec))]
+            with m.If(ctr_bit == 15):
+                with m.If(~ctr_dec & ctr_t & ctr_q0):  # carry out: it was 0xFFFF
+                    m.d.sync += [ctr_dec.eq(1), ctr_t.eq(1)]
+                with m.Else():
+                    m.d.sync += ctr_busy.eq(0)
 
         def count(which):
-            m.d.sync += [ctr_sel.eq(which), ctr_inc.eq(1)]
+            """Start a count (only while ``~ctr_busy``): 16 cycles, 32 if saturated."""
+            m.d.sync += [ctr_sel.eq(which), ctr_busy.eq(1), ctr_t.eq(1), ctr_dec.eq(0)]
 
-        # --- last executed frame and reply descriptors ----------------------------------------
-        last_valid = Signal()
-        last_seq = Signal(8)
-        last_crc = Signal(16)
-        l_code = Signal(8)  # stored reply: code, payload length, IDENTIFY payload (else buffer)
-        l_len = Signal(range(pmax + 1))
-        l_rom = Signal()
-        t_seq = Signal(8)  # transport NAK: seq, status, received code
-        t_status = Signal(4)
-        t_code = Signal(8)
-        tx_transport = Signal()  # the reply being sent is the transport NAK
-        crc_final = Signal(16)
-
-        # --- execution state -----------------------------------------------------------------
-        ck_status = Signal(4)
-        ex_status = Signal(4)
-        wide = Signal(33)  # end of the accessed range; the cycles snapshot for STATUS
-        snap_flags = Signal(2)
-        snap_run_status = Signal(8)
-        fill_kind = Signal(2)
-        cnt = Signal(range(max(limit, rmax) + 1))
-        cnt2 = Signal(range(max(limit, pmax) + 1))
-        ptr = Signal(range(limit + 1))
-        baddr = Signal(aw)
-        rq_valid = Signal()  # READ_MEM: requests left to issue (cnt != 0)
-
-        # Reply memory: payload byte j of the reply buffer at address 4 + j (the raw frame index),
-        # the IDENTIFY payload likewise at ident_base + 4 + j.
-        base = self.ident_base
-        m.submodules.reply_mem = reply_mem = Memory(shape=8, depth=base + HEADER_BYTES + len(ident),
-                                                    init=[0] * (base + HEADER_BYTES) + list(ident))
+        # --- reply memory, writer and sender ----------------------------------------------------
+        s_base, t_base, depth = self.reply_layout
+        m.submodules.reply_mem = reply_mem = Memory(shape=8, depth=depth, init=[])
         rb_wp = reply_mem.write_port()
         rb_rp = reply_mem.read_port()
+        rptr = Signal(range(depth + 1))  # the sender's read address
+        m.d.comb += [rb_rp.addr.eq(rptr), rx_rp.addr.eq(rx_n), rb_rp.en.eq(0)]
 
-        m.d.comb += [rx_rp.en.eq(0), rx_wp.en.eq(0), rb_wp.en.eq(0)]
+        m.submodules.writer = bld = CobsWriter(depth=depth)
+        m.d.comb += [rb_wp.addr.eq(bld.wr_addr), rb_wp.data.eq(bld.wr_data), rb_wp.en.eq(bld.wr_en)]
+        region = Signal()  # the reply being built or sent: 0 stored reply, 1 transport NAK
+        base = Mux(region, t_base, s_base)
+        # The byte stream through the CRC: received bytes while receiving, then the reply's raw
+        # bytes (the writer takes those).  Registered once (bq): the CRC register and the writer
+        # work on bq, so their logic does not depend on the byte multiplexer (b, selected by the
+        # state).  The writer is never offered a byte while it closes a 254-byte block (its
+        # `ready` is low then, the cycle after such a block's last byte): the header and the small
+        # payloads are too short to fill a block, and every other byte (copied, READ_MEM data,
+        # CRC) is at least two cycles after the previous one.
+        b = Signal(8)  # the next byte, when b_take
+        b_take = Signal()
+        bq = Signal(8)
+        bq_take = Signal()
+        m.d.sync += [bq.eq(b), bq_take.eq(b_take)]
+        m.d.comb += [bld.data.eq(bq), bld.take.eq(bq_take & ~in_rx)]
+        # One CRC register: the receiver's while receiving, the reply's while the receiver waits;
+        # set to its initial value whenever one of them starts.  It includes a byte two cycles
+        # after the byte was taken (b_take).
+        crc = Signal(16, init=0xFFFF)
+        crc_clear = Signal()
+        with m.If(crc_clear):
+            m.d.sync += crc.eq(0xFFFF)
+        with m.Elif(bq_take):
+            m.d.sync += crc.eq(_crc16_next(crc, bq))
 
-        # --- byte source of the reply (raw frame index -> byte, one cycle later) ---------------
-        m.submodules.cobs_enc = enc = CobsEncoder(max_length=rmax)
-        wiring.connect(m, enc.o, wiring.flipped(self.o))
+        # Sender: one byte per two cycles (fetch, offer) from the region's leading delimiter up to
+        # and including the first 0x00 after it.
+        tx_busy = Signal()
+        tx_have = Signal()  # rb_rp.data holds the byte to offer
+        tx_first = Signal()
+        with m.If(tx_busy & ~tx_have):
+            m.d.comb += rb_rp.en.eq(1)
+            m.d.sync += [rptr.eq(rptr + 1), tx_have.eq(1)]
+        m.d.comb += self.o.payload.eq(rb_rp.data)
+        with m.If(tx_have):
+            m.d.comb += self.o.valid.eq(1)
+            with m.If(self.o.ready):
+                m.d.sync += [tx_have.eq(0), tx_first.eq(0)]
+                with m.If((rb_rp.data == 0) & ~tx_first):
+                    m.d.sync += tx_busy.eq(0)
 
-        cur_code = Mux(tx_transport, NAK_CODE, l_code)
-        cur_seq = Mux(tx_transport, t_seq, last_seq)
-        cur_len = Signal(16)
-        m.d.comb += cur_len.eq(Mux(tx_transport, 2, l_len))
-        pay_end = Signal(range(rmax + 1))  # 4 + payload length: where the CRC starts
-        src_addr = Signal(range(rmax + 2))  # driven by registers only
-        src_en = Signal()
-        crc_pass = Signal()  # the CRC pass reads the source at cnt (the encoder is idle)
-        pay_last = Signal(range(rmax + 1))  # pay_end - 1
-        crc_last = Signal()  # registered (cnt == pay_end) during the CRC pass
-        m.d.comb += [src_addr.eq(Mux(crc_pass, cnt, enc.rd_addr)), src_en.eq(crc_pass | enc.rd_en)]
-        reg_val = Signal(8)
-        from_mem = Signal()
-        with m.If(src_addr < HEADER_BYTES):
-            m.d.comb += reg_val.eq(Array([cur_code, cur_seq, cur_len[:8], cur_len[8:]])[src_addr[:2]])
-        with m.Elif(src_addr < pay_end):
-            # Transport NAK: status at index 4, received code at index 5.
-            m.d.comb += [reg_val.eq(Mux(src_addr[0], t_code, t_status)), from_mem.eq(~tx_transport)]
-        with m.Elif(src_addr == pay_end):
-            m.d.comb += reg_val.eq(crc_final[8:])
+        # --- request checks (combinational, from the captured fields) ---------------------------
+        wl = Signal(lbits)  # WRITE_MEM data length (meaningful when the payload is > 5 bytes)
+        m.d.comb += wl.eq(plen - WRITE_HEADER_BYTES)
+        align_mask = self.align - 1
+        ck = Signal(4)
+        with m.Switch(cmd):
+            with m.Case(Command.IDENTIFY, Command.STATUS, Command.RESET_COUNTERS):
+                m.d.comb += ck.eq(Mux(plen != 0, Status.BAD_ARG, Status.OK))
+            with m.Case(Command.WRITE_MEM):
+                with m.If(plen <= WRITE_HEADER_BYTES):
+                    m.d.comb += ck.eq(Status.BAD_ARG)
+                with m.Elif(space_bad):
+                    m.d.comb += ck.eq(Status.BAD_SPACE)
+                with m.Elif(((baddr | wl) & align_mask) != 0):
+                    m.d.comb += ck.eq(Status.BAD_ALIGN)
+            with m.Case(Command.READ_MEM):
+                with m.If(plen != _READ_REQ_BYTES):
+                    m.d.comb += ck.eq(Status.BAD_ARG)
+                with m.Elif(space_bad):
+                    m.d.comb += ck.eq(Status.BAD_SPACE)
+                with m.Elif((cnt == 0) | cnt_hi | _gt_const(cnt, mp)):
+                    m.d.comb += ck.eq(Status.BAD_ARG)
+                with m.Elif(((baddr | cnt) & align_mask) != 0):
+                    m.d.comb += ck.eq(Status.BAD_ALIGN)
+            with m.Case(Command.RUN):
+                m.d.comb += ck.eq(Mux(plen != _RUN_REQ_BYTES, Status.BAD_ARG, Status.OK))
+            with m.Default():
+                m.d.comb += ck.eq(Status.UNKNOWN_CMD)
+        # Range: address + length > size (RUN: address + 1 > size of DESC); the sum of the kept
+        # address bits and a length <= max_payload cannot wrap.
+        end = Signal(max(abits, lbits) + 1)
+        m.d.comb += end.eq(baddr + Mux(is_run, 1, Mux(is_write, wl, cnt)))
+        out_of_range = Signal()
+        with m.Switch(Mux(is_run, Space.DESC, space)):
+            for sp in Space:
+                with m.Case(sp):
+                    m.d.comb += out_of_range.eq(addr_hi | _gt_const(end, sizes[sp]))
+        verdict = Signal(4)
+        m.d.comb += verdict.eq(ck)
+        with m.If((ck == Status.OK) & (is_run | is_write | is_read)):
+            with m.If(out_of_range):
+                m.d.comb += verdict.eq(Status.BAD_ADDRESS)
+            with m.Elif(bus.busy):
+                m.d.comb += verdict.eq(Status.BUSY)
+
+        # --- reply header and small payloads -----------------------------------------------------
+        r_nak = Signal()  # the reply is a NAK (code 0xFF, payload status + received code)
+        k = Signal(range(STATUS_PAYLOAD_BYTES))  # byte index in the header / small payload
+        # ACK: RESPONSE_FLAG | command; NAK: 0xFF.
+        code_byte = Cat(Mux(r_nak, 7, cmd), r_nak.replicate(4), Const(1, 1))
+        assert RESPONSE_FLAG == 0x80 and NAK_CODE == 0xFF
+        len_lo = Signal(8)
+        len_hi = Signal(8)
+        with m.If(r_nak):
+            m.d.comb += len_lo.eq(_NAK_BYTES)
         with m.Else():
-            m.d.comb += reg_val.eq(crc_final[:8])
-        mem_q = Signal()
-        reg_q = Signal(8)
-        with m.If(src_en):
-            m.d.sync += [mem_q.eq(from_mem), reg_q.eq(reg_val)]
+            with m.Switch(cmd):
+                with m.Case(Command.IDENTIFY):
+                    m.d.comb += [len_lo.eq(len(ident) & 0xFF), len_hi.eq(len(ident) >> 8)]
+                with m.Case(Command.STATUS):
+                    m.d.comb += len_lo.eq(STATUS_PAYLOAD_BYTES)
+                with m.Case(Command.WRITE_MEM):
+                    m.d.comb += len_lo.eq(_WRITE_ACK_BYTES)
+                with m.Case(Command.READ_MEM):
+                    m.d.comb += Cat(len_lo, len_hi).eq(cnt)
+
+        def start_build(to_region):
+            m.d.comb += [bld.start.eq(1), bld.base.eq(t_base if to_region else s_base), crc_clear.eq(1)]
+            m.d.sync += [region.eq(to_region), k.eq(0)]
+
+        # Bus payloads are driven all the time (only the valids depend on the state).
         m.d.comb += [
-            rb_rp.addr.eq(Mux(l_rom, base | src_addr, src_addr)),
-            rb_rp.en.eq(src_en),
-            enc.rd_data.eq(Mux(mem_q, rb_rp.data, reg_q)),
+            wr.payload.space.eq(space), wr.payload.addr.eq(baddr), wr.payload.data.eq(rx_rp.data),
+            rq.payload.space.eq(space), rq.payload.addr.eq(baddr),
+            run.payload.eq(baddr),
         ]
 
-        wr, rq, rs, run = bus.write, bus.read_req, bus.read_resp, bus.run
-        space2 = space[:len(wr.payload.space)]
-
-        # A register equal to (state == RX), and the one-hot position of the byte being decoded
-        # among the captured ones, keep the capture enables short.
-        in_rx = Signal(init=1)
-        cap = Signal(HEADER_BYTES + _CAPTURED_ARGS, init=1)
         m.d.comb += tok.ready.eq(in_rx)
 
         with m.FSM(name="link"):
             with m.State("RX"):
-                d = tok.payload.data
                 with m.If(tok.valid & tok.payload.end):
-                    # The checks before and after the CRC's (its last byte is still in flight).
+                    # The checks before the CRC's (its last byte is still in flight).
                     with m.If(rx_over):
-                        m.d.sync += f_status.eq(Status.BAD_LENGTH)
+                        m.d.sync += st.eq(Status.BAD_LENGTH)
                     with m.Elif(tok.payload.truncated | (rx_n < FRAME_OVERHEAD)):
-                        m.d.sync += f_status.eq(Status.BAD_FRAME)
+                        m.d.sync += st.eq(Status.BAD_FRAME)
                     with m.Else():
-                        m.d.sync += f_status.eq(Status.OK)
+                        m.d.sync += st.eq(Status.OK)
                     m.d.sync += [
-                        f_lenbad.eq(rx_len != rx_n - FRAME_OVERHEAD),
+                        f_lenbad.eq(plen_hi | (plen != (rx_n - FRAME_OVERHEAD)[:lbits])),
                         f_nak.eq(rx_over | (rx_n >= 2)),
                         rx_n.eq(0),
                         rx_over.eq(0),
                         cap.eq(1),
                         in_rx.eq(0),
                     ]
-                    m.next = "VERDICT"
+                    # STATUS reports the state of the bus when its request was received (the ring
+                    # is idle while receiving).
+                    m.d.comb += snap_load.eq(1)
+                    m.next = "FRAME"
                 with m.Elif(tok.valid):
                     with m.If(~rx_over):
                         with m.If(rx_n == limit):
                             m.d.sync += rx_over.eq(1)
                         with m.Else():
                             m.d.comb += [rx_wp.addr.eq(rx_n), rx_wp.data.eq(d), rx_wp.en.eq(1)]
-                            m.d.sync += [crc.start.eq(rx_n == 0), crc.valid.eq(1), crc.data.eq(d),
-                                         rx_n.eq(rx_n + 1)]
+                            m.d.comb += [b.eq(d), b_take.eq(1)]
+                            m.d.sync += rx_n.eq(rx_n + 1)
                     # Captured fields: an overflowing frame is rejected whatever they hold, and the
-                    # header (rx_n < 11 < limit) is never past an overflow.
+                    # fields (rx_n < 11 < limit) are never past an overflow.  A field a frame is too
+                    # short for is stale, and rejected by the payload size checks before any use.
                     m.d.sync += [rx_tail.eq(Cat(d, rx_tail[:8])), cap.eq(cap << 1)]
-                    fields = [rx_code, rx_seq, rx_len[:8], rx_len[8:], *rx_arg]
-                    for k, field in enumerate(fields):
-                        with m.If(cap[k]):
-                            m.d.sync += field.eq(d)
-
-            with m.State("VERDICT"):
-                m.d.sync += [
-                    wr_len.eq(rx_len - WRITE_HEADER_BYTES),
-                    c_rw.eq((rx_code == Command.WRITE_MEM) | (rx_code == Command.READ_MEM)),
-                    c_run.eq(rx_code == Command.RUN),
-                    cmd.eq(Mux(rx_code < 8, rx_code[:3], 0)),
-                    f_dup.eq(last_valid & (rx_seq == last_seq) & (rx_tail == last_crc)),
-                    f_ooo.eq(last_valid & (rx_seq != (last_seq + 1)[:8])),
-                ]
-                with m.If(f_status == Status.OK):
-                    with m.If(crc.crc != 0):
-                        m.d.sync += f_status.eq(Status.BAD_CRC)
-                    with m.Elif(f_lenbad):
-                        m.d.sync += f_status.eq(Status.BAD_LENGTH)
-                m.next = "FRAME"
+                    with m.If(cap[0]):
+                        m.d.sync += cmd.eq(Mux(d[3:] == 0, d[:3], 0))
+                    with m.If(cap[1]):
+                        m.d.sync += rx_seq.eq(d)
+                    capture_le(plen, plen_hi, 0, cap[2])
+                    capture_le(plen, plen_hi, 1, cap[3])
+                    with m.If(cap[4]):
+                        m.d.sync += [space.eq(d[:2]), space_bad.eq(d >= len(Space))]
+                    # The address: raw bytes 4..7 (RUN) or 5..8 (WRITE_MEM, READ_MEM).
+                    for j in range(4):
+                        capture_le(baddr, addr_hi, j, Mux(is_run, cap[4 + j], cap[5 + j]))
+                    capture_le(cnt, cnt_hi, 0, cap[9])
+                    capture_le(cnt, cnt_hi, 1, cap[10])
 
             with m.State("FRAME"):
-                # Wait for the previous reply to be sent: the reply memory and descriptors are free.
-                with m.If(enc.idle):
-                    with m.If(f_status != Status.OK):
-                        with m.Switch(f_status):
-                            with m.Case(Status.BAD_CRC):
-                                count(DevCounter.BAD_CRC)
-                            with m.Case(Status.BAD_FRAME):
-                                count(DevCounter.BAD_FRAME)
-                            with m.Case(Status.BAD_LENGTH):
-                                count(DevCounter.BAD_LENGTH)
-                        with m.If(f_nak):
-                            m.d.sync += [t_seq.eq(rx_seq), t_code.eq(rx_code), t_status.eq(f_status),
-                                         tx_transport.eq(1)]
-                            m.next = "CRC_START"
-                        with m.Else():
-                            m.d.sync += in_rx.eq(1)
-                            m.next = "RX"
-                    with m.Else():
-                        count(DevCounter.FRAMES_OK)
+                # Wait for the previous reply to be sent (a new reply may overwrite it) and for the
+                # last count; then the CRC and length checks, and the frame's counter.
+                final = Signal(4)
+                m.d.comb += final.eq(st)
+                with m.If(st == Status.OK):
+                    with m.If(crc != 0):
+                        m.d.comb += final.eq(Status.BAD_CRC)
+                    with m.Elif(f_lenbad):
+                        m.d.comb += final.eq(Status.BAD_LENGTH)
+                with m.If(~tx_busy & ~ctr_busy):
+                    count(final[:3])  # FRAMES_OK, BAD_CRC, BAD_FRAME or BAD_LENGTH
+                    m.d.sync += st.eq(final)
+                    with m.If(final == Status.OK):
                         m.next = "SEQ"
+                    with m.Elif(f_nak):
+                        m.d.sync += r_nak.eq(1)
+                        start_build(1)
+                        m.next = "HDR"
+                    with m.Else():
+                        m.d.comb += crc_clear.eq(1)
+                        m.d.sync += in_rx.eq(1)
+                        m.next = "RX"
 
             with m.State("SEQ"):
-                with m.If(f_dup):
-                    count(DevCounter.DUPLICATE)
-                    m.d.sync += tx_transport.eq(0)
-                    m.next = "CRC_START"
-                with m.Else():
-                    with m.If(f_ooo):
-                        count(DevCounter.OUT_OF_ORDER)
-                    m.d.sync += [last_valid.eq(1), last_seq.eq(rx_seq), last_crc.eq(rx_tail)]
-                    m.next = "CHECK"
-
-            with m.State("CHECK"):
-                # Everything up to BAD_ALIGN, in the protocol's order; the range end for DECIDE.
-                align_mask = self.align - 1
-                with m.Switch(cmd):
-                    with m.Case(Command.IDENTIFY, Command.STATUS, Command.RESET_COUNTERS):
-                        m.d.sync += ck_status.eq(Mux(rx_len != 0, Status.BAD_ARG, Status.OK))
-                    with m.Case(Command.WRITE_MEM):
-                        with m.If(rx_len <= WRITE_HEADER_BYTES):
-                            m.d.sync += ck_status.eq(Status.BAD_ARG)
-                        with m.Elif(space >= len(Space)):
-                            m.d.sync += ck_status.eq(Status.BAD_SPACE)
-                        with m.Elif(((rw_addr | wr_len) & align_mask) != 0):
-                            m.d.sync += ck_status.eq(Status.BAD_ALIGN)
-                        with m.Else():
-                            m.d.sync += ck_status.eq(Status.OK)
-                    with m.Case(Command.READ_MEM):
-                        with m.If(rx_len != _READ_REQ_BYTES):
-                            m.d.sync += ck_status.eq(Status.BAD_ARG)
-                        with m.Elif(space >= len(Space)):
-                            m.d.sync += ck_status.eq(Status.BAD_SPACE)
-                        with m.Elif((rd_len == 0) | (rd_len > mp)):
-                            m.d.sync += ck_status.eq(Status.BAD_ARG)
-                        with m.Elif(((rw_addr | rd_len) & align_mask) != 0):
-                            m.d.sync += ck_status.eq(Status.BAD_ALIGN)
-                        with m.Else():
-                            m.d.sync += ck_status.eq(Status.OK)
-                    with m.Case(Command.RUN):
-                        m.d.sync += ck_status.eq(Mux(rx_len != _RUN_REQ_BYTES, Status.BAD_ARG, Status.OK))
-                    with m.Default():
-                        m.d.sync += ck_status.eq(Status.UNKNOWN_CMD)
-                m.d.sync += wide.eq(rw_addr + Mux(cmd[0], rd_len, wr_len))  # READ_MEM is odd
-                m.next = "DECIDE"
-
-            with m.State("DECIDE"):
-                status = Signal(4)
-                out_of_range = Signal()
-                with m.If(c_run):
-                    m.d.comb += out_of_range.eq(_ge_const(run_addr, sizes[Space.DESC]))
-                with m.Else():
-                    with m.Switch(space2):
-                        for sp in Space:
-                            with m.Case(sp):
-                                m.d.comb += out_of_range.eq(_gt_const(wide, sizes[sp]))
-                m.d.comb += status.eq(ck_status)
-                with m.If((ck_status == Status.OK) & (c_rw | c_run)):
-                    with m.If(out_of_range):
-                        m.d.comb += status.eq(Status.BAD_ADDRESS)
-                    with m.Elif(bus.busy):
-                        m.d.comb += status.eq(Status.BUSY)
-                m.d.sync += ex_status.eq(status)
-                m.next = "ACT"
+                with m.If(~ctr_busy):
+                    last_valid = Signal()
+                    last_seq = Signal(8)
+                    last_crc = Signal(16)
+                    with m.If(last_valid & (rx_seq == last_seq) & (rx_tail == last_crc)):
+                        count(DevCounter.DUPLICATE)
+                        m.d.sync += region.eq(0)
+                        m.next = "SEND"
+                    with m.Else():
+                        with m.If(last_valid & (rx_seq != (last_seq + 1)[:8])):
+                            count(DevCounter.OUT_OF_ORDER)
+                        m.d.sync += [last_valid.eq(1), last_seq.eq(rx_seq), last_crc.eq(rx_tail),
+                                     st.eq(verdict)]
+                        m.next = "ACT"
 
             with m.State("ACT"):
-                with m.If(ex_status != Status.OK):
-                    with m.Switch(ex_status):
-                        with m.Case(Status.UNKNOWN_CMD):
+                with m.If(~ctr_busy):
+                    m.d.sync += r_nak.eq(st != Status.OK)
+                    with m.If(st != Status.OK):
+                        with m.If(st == Status.UNKNOWN_CMD):
                             count(DevCounter.UNKNOWN_CMD)
-                        with m.Case(Status.BAD_SPACE, Status.BAD_ADDRESS, Status.BAD_ALIGN, Status.BAD_ARG):
+                        with m.Elif(st != Status.BUSY):
                             count(DevCounter.BAD_ARG)
-                    m.d.sync += [
-                        fill_kind.eq(_FILL_NAK), cnt.eq(0),
-                        l_code.eq(NAK_CODE), l_len.eq(2), l_rom.eq(0),
-                    ]
-                    m.next = "FILL"
-                with m.Else():
-                    with m.Switch(cmd):
-                        with m.Case(Command.IDENTIFY):
-                            m.d.sync += [l_code.eq(ack_code(Command.IDENTIFY)), l_len.eq(len(ident)), l_rom.eq(1)]
-                            m.next = "REPLY"
-                        with m.Case(Command.STATUS):
-                            m.d.sync += [
-                                l_code.eq(ack_code(Command.STATUS)), l_len.eq(STATUS_PAYLOAD_BYTES), l_rom.eq(0),
-                                wide.eq(bus.cycles), snap_flags.eq(Cat(bus.busy, bus.done)),
-                                snap_run_status.eq(bus.run_status), fill_kind.eq(_FILL_STATUS), cnt.eq(0),
-                            ]
-                            m.next = "FILL"
-                        with m.Case(Command.RESET_COUNTERS):
-                            m.d.comb += ctr_clear.eq(1)
-                            m.d.sync += [l_code.eq(ack_code(Command.RESET_COUNTERS)), l_len.eq(0), l_rom.eq(0)]
-                            m.next = "REPLY"
-                        with m.Case(Command.WRITE_MEM):
-                            m.d.comb += [rx_rp.addr.eq(HEADER_BYTES + WRITE_HEADER_BYTES), rx_rp.en.eq(1)]
-                            m.d.sync += [
-                                cnt.eq(wr_len), ptr.eq(HEADER_BYTES + WRITE_HEADER_BYTES + 1),
-                                baddr.eq(rw_addr[:aw]),
-                            ]
-                            m.next = "WRITE"
-                        with m.Case(Command.READ_MEM):
-                            m.d.sync += [cnt.eq(rd_len), ptr.eq(rd_len), cnt2.eq(HEADER_BYTES),
-                                         baddr.eq(rw_addr[:aw]), rq_valid.eq(1)]
-                            m.next = "READ"
-                        with m.Case(Command.RUN):
-                            m.next = "RUN"
+                        start_build(0)
+                        m.next = "HDR"
+                    with m.Elif(is_run):
+                        m.next = "RUN"
+                    with m.Else():
+                        with m.Switch(cmd):
+                            with m.Case(Command.RESET_COUNTERS):
+                                m.d.comb += ctr_clear.eq(1)
+                            with m.Case(Command.IDENTIFY):
+                                m.d.sync += rx_n.eq(id_base)
+                            with m.Case(Command.WRITE_MEM):
+                                # The echo: space and address are raw bytes 4..8, then the length.
+                                m.d.sync += [cnt.eq(wl), rx_n.eq(HEADER_BYTES)]
+                        start_build(0)
+                        m.next = "HDR"
 
+            with m.State("RUN"):
+                m.d.comb += run.valid.eq(1)
+                with m.If(run.ready):
+                    start_build(0)
+                    m.next = "HDR"
+
+            # --- building the reply: header and small payloads, one byte per cycle ----------------
+            with m.State("HDR"):
+                m.d.comb += [b.eq(Array([code_byte, rx_seq, len_lo, len_hi])[k[:2]]), b_take.eq(1)]
+                m.d.sync += k.eq(k + 1)
+                with m.If(k == HEADER_BYTES - 1):
+                    m.d.sync += k.eq(0)
+                    with m.If(r_nak):
+                        m.next = "P_NAK"
+                    with m.Else():
+                        with m.Switch(cmd):
+                            with m.Case(Command.IDENTIFY):
+                                m.next = "COPY_A"
+                            with m.Case(Command.STATUS):
+                                m.next = "P_STATUS"
+                            with m.Case(Command.WRITE_MEM):
+                                m.next = "COPY_A"
+                            with m.Case(Command.READ_MEM):
+                                m.next = "RD_REQ"
+                            with m.Default():
+                                m.next = "CRC_WAIT"
+
+            with m.State("P_NAK"):
+                # The status, then the received code: raw byte 0 (rx_n is 0), read meanwhile.
+                m.d.comb += [b.eq(Mux(k[0], rx_rp.data, st)), b_take.eq(1), rx_rp.en.eq(~k[0])]
+                m.d.sync += k.eq(k + 1)
+                with m.If(k == _NAK_BYTES - 1):
+                    m.next = "CRC_WAIT"
+
+            with m.State("P_WLEN"):  # the WRITE_MEM echo's length, after space and address
+                m.d.comb += [b.eq(Mux(k[0], cnt[8:], cnt[:8])), b_take.eq(1)]
+                m.d.sync += k.eq(k + 1)
+                with m.If(k == 1):
+                    m.next = "CRC_WAIT"
+
+            with m.State("P_STATUS"):
+                # flags, run_status (ring), n_counters, reserved, cycles, counters (ring): 22 ring
+                # steps, one full turn.
+                is_const = k[1:] == 1  # k is 2 or 3
+                m.d.comb += [b.eq(Mux(is_const, Mux(k[0], 0, N_COUNTERS), ring[0])), b_take.eq(1),
+                             ring_step.eq(~is_const)]
+                m.d.sync += k.eq(k + 1)
+                with m.If(k == STATUS_PAYLOAD_BYTES - 1):
+                    m.next = "CRC_WAIT"
+
+            # --- long payloads: at most one byte every other cycle -------------------------------
+            with m.State("COPY_A"):  # from rx_buf: the IDENTIFY payload, or raw bytes 4..8 (echo)
+                m.d.comb += rx_rp.en.eq(1)
+                m.d.sync += rx_n.eq(rx_n + 1)
+                m.next = "COPY_B"
+            with m.State("COPY_B"):
+                m.d.comb += [b.eq(rx_rp.data), b_take.eq(1)]
+                with m.If(is_write):
+                    with m.If(rx_n == _WRITE_DATA):  # then rx_n addresses the data (WRITE)
+                        m.next = "P_WLEN"
+                    with m.Else():
+                        m.next = "COPY_A"
+                with m.Elif(rx_n == id_end):
+                    m.next = "CRC_WAIT"
+                with m.Else():
+                    m.next = "COPY_A"
+
+            with m.State("RD_REQ"):  # READ_MEM: one request at a time
+                m.d.comb += [rq.valid.eq(1), rs.ready.eq(1)]
+                with m.If(rq.ready):
+                    m.d.sync += baddr.eq(baddr + 1)
+                    m.next = "RD_RESP"
+            with m.State("RD_RESP"):
+                m.d.comb += rs.ready.eq(1)
+                with m.If(rs.valid):
+                    m.d.comb += [b.eq(rs.payload), b_take.eq(1)]
+                    m.d.sync += cnt.eq(cnt - 1)
+                    with m.If(cnt == 1):
+                        m.next = "CRC_WAIT"
+                    with m.Else():
+                        m.next = "RD_REQ"
+
+            # --- the CRC bytes -----------------------------------------------------------------
+            # A byte taken at t is in `crc` at t + 2.  Taking CRC[15:8] as data shifts the register
+            # by a byte (CRC[7:0] moves up, the rest is 0): both bytes come from crc[8:], each two
+            # cycles after the previous byte.
+            with m.State("CRC_WAIT"):
+                m.next = "CRC_HI"
+            with m.State("CRC_HI"):
+                m.d.comb += [b.eq(crc[8:]), b_take.eq(1)]
+                m.next = "CRC_WAIT2"
+            with m.State("CRC_WAIT2"):
+                m.next = "CRC_LO"
+            with m.State("CRC_LO"):
+                m.d.comb += [b.eq(crc[8:]), b_take.eq(1)]
+                m.next = "END"
+            with m.State("END"):
+                m.d.comb += bld.finish.eq(1)
+                with m.If(bld.done):
+                    with m.If(~r_nak & is_write):
+                        # rx_n addresses the data (the copy of the echo left it there).
+                        m.d.comb += rx_rp.en.eq(1)
+                        m.d.sync += rx_n.eq(rx_n + 1)
+                        m.next = "WRITE"
+                    with m.Else():
+                        m.next = "SEND"
+
+            # --- WRITE_MEM data, after its reply is built (its echo leaves rx_n at the data) -------
             with m.State("WRITE"):
-                # rx_rp.data holds the byte at ptr - 1 until the next read enable.
-                m.d.comb += [
-                    wr.valid.eq(1),
-                    wr.payload.space.eq(space2),
-                    wr.payload.addr.eq(baddr),
-                    wr.payload.data.eq(rx_rp.data),
-                ]
+                # rx_rp.data holds the byte at rx_n - 1 until the next read enable.
+                m.d.comb += wr.valid.eq(1)
                 with m.If(wr.ready):
                     m.d.sync += [baddr.eq(baddr + 1), cnt.eq(cnt - 1)]
                     with m.If(cnt == 1):
-                        m.d.sync += [
-                            l_code.eq(ack_code(Command.WRITE_MEM)), l_len.eq(_WRITE_ACK_BYTES), l_rom.eq(0),
-                            fill_kind.eq(_FILL_WACK), cnt.eq(0),
-                        ]
-                        m.next = "FILL"
+                        m.next = "SEND"
                     with m.Else():
-                        m.d.comb += [rx_rp.addr.eq(ptr), rx_rp.en.eq(1)]
-                        m.d.sync += ptr.eq(ptr + 1)
+                        m.d.comb += rx_rp.en.eq(1)
+                        m.d.sync += rx_n.eq(rx_n + 1)
 
-            with m.State("READ"):
-                m.d.comb += [
-                    rq.valid.eq(rq_valid),
-                    rq.payload.space.eq(space2),
-                    rq.payload.addr.eq(baddr),
-                    rs.ready.eq(1),
-                ]
-                with m.If(rq.valid & rq.ready):
-                    m.d.sync += [baddr.eq(baddr + 1), cnt.eq(cnt - 1)]
-                    with m.If(cnt == 1):
-                        m.d.sync += rq_valid.eq(0)
-                with m.If(rs.valid):
-                    m.d.comb += [rb_wp.addr.eq(cnt2), rb_wp.data.eq(rs.payload), rb_wp.en.eq(1)]
-                    m.d.sync += [cnt2.eq(cnt2 + 1), ptr.eq(ptr - 1)]
-                    with m.If(ptr == 1):
-                        m.d.sync += [l_code.eq(ack_code(Command.READ_MEM)), l_len.eq(rd_len), l_rom.eq(0)]
-                        m.next = "REPLY"
-
-            with m.State("RUN"):
-                m.d.comb += [run.valid.eq(1), run.payload.eq(run_addr)]
-                with m.If(run.ready):
-                    m.d.sync += [l_code.eq(ack_code(Command.RUN)), l_len.eq(0), l_rom.eq(0)]
-                    m.next = "REPLY"
-
-            with m.State("FILL"):
-                # Small replies written into the reply buffer, one byte per cycle.
-                k = cnt[:5]
-                fill_byte = Signal(8)
-                fill_last = Signal()
-                with m.Switch(fill_kind):
-                    with m.Case(_FILL_NAK):
-                        m.d.comb += [fill_byte.eq(Mux(k[0], rx_code, ex_status)), fill_last.eq(k == 1)]
-                    with m.Case(_FILL_WACK):
-                        wack = [rx_arg[0], rx_arg[1], rx_arg[2], rx_arg[3], rx_arg[4], wr_len[:8], wr_len[8:]]
-                        m.d.comb += [fill_byte.eq(Array(wack)[k[:3]]), fill_last.eq(k == _WRITE_ACK_BYTES - 1)]
-                    with m.Default():
-                        head = [snap_flags, snap_run_status, Const(N_COUNTERS, 8), Const(0, 8),
-                                wide[0:8], wide[8:16], wide[16:24], wide[24:32]]
-                        m.d.sync += ctr_sel.eq((k + 1)[1:] - 4)  # bytes 8.. are the counters, two each
-                        m.d.comb += [
-                            fill_byte.eq(Mux(k < 8, Array(head)[k[:3]], Mux(k[0], ctr_val[8:], ctr_val[:8]))),
-                            fill_last.eq(k == STATUS_PAYLOAD_BYTES - 1),
-                        ]
-                m.d.comb += [rb_wp.addr.eq(cnt + HEADER_BYTES), rb_wp.data.eq(fill_byte), rb_wp.en.eq(1)]
-                m.d.sync += cnt.eq(cnt + 1)
-                with m.If(fill_last):
-                    m.next = "REPLY"
-
-            with m.State("REPLY"):
-                m.d.sync += tx_transport.eq(0)
-                m.next = "CRC_START"
-
-            # The reply's CRC: one pass over header and payload, while the receiver waits.
-            with m.State("CRC_START"):
-                m.d.sync += [crc_pass.eq(1), cnt.eq(0), pay_end.eq(cur_len + HEADER_BYTES),
-                             pay_last.eq(cur_len + HEADER_BYTES - 1)]
-                m.next = "CRC_FETCH"
-            with m.State("CRC_FETCH"):
-                m.d.sync += [cnt.eq(1), crc_last.eq(cnt == pay_last)]  # byte 0 is fetched (crc_pass)
-                m.next = "CRC"
-            with m.State("CRC"):
-                # src data is byte cnt - 1; byte cnt is fetched (crc_pass).
-                m.d.sync += [crc.start.eq(cnt == 1), crc.valid.eq(1), crc.data.eq(enc.rd_data), cnt.eq(cnt + 1),
-                             crc_last.eq(cnt == pay_last)]
-                with m.If(crc_last):  # cnt == pay_end
-                    m.d.sync += crc_pass.eq(0)
-                    m.next = "CRC_END"
-            with m.State("CRC_END"):
-                m.next = "SEND"  # the last byte is being added
             with m.State("SEND"):
-                m.d.sync += crc_final.eq(crc.crc)
-                m.d.comb += [enc.start.eq(1), enc.length.eq(pay_end + CRC_BYTES)]
-                m.d.sync += in_rx.eq(1)
+                m.d.comb += crc_clear.eq(1)
+                m.d.sync += [tx_busy.eq(1), tx_first.eq(1), rptr.eq(base), in_rx.eq(1), rx_n.eq(0)]
                 m.next = "RX"
         return m

@@ -20,7 +20,7 @@ from amaranth.sim import Simulator
 
 from hadahw import protocol as P
 from hadahw.protocol import Command, DevCounter, Space, Status
-from hadahw.rtl.cobs import CobsDecoder, CobsEncoder
+from hadahw.rtl.cobs import CobsDecoder, CobsEncoder, CobsWriter
 from hadahw.rtl.hostbus import ByteMemoryTarget, HostBusSignature
 from hadahw.rtl.hostlink import STATUS_PAYLOAD_BYTES, HostLink
 from hadahw.rtl.uart import UARTRx, UARTTx
@@ -309,6 +309,67 @@ def test_cobs_decoder_matches_protocol():
     assert decoded == expect
 
 
+class WriterBench(Elaboratable):
+    def __init__(self, depth):
+        self.wr = CobsWriter(depth=depth)
+        self.mem = Memory(shape=8, depth=depth, init=[])
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.wr = self.wr
+        m.submodules.mem = self.mem
+        wp = self.mem.write_port()
+        m.d.comb += [wp.addr.eq(self.wr.wr_addr), wp.data.eq(self.wr.wr_data), wp.en.eq(self.wr.wr_en)]
+        return m
+
+
+def test_cobs_writer_matches_protocol():
+    """In-place encoding, bytes offered with random gaps (only while ready), at several bases."""
+    rng = random.Random(16)
+    cases = _cobs_cases(rng)
+    cases += [bytes(rng.randrange(1, 256) for _ in range(n)) + tail
+              for n in (253, 254, 255, 507, 508, 509) for tail in (b"", b"\x00", b"\x07")]
+    depth = 2 + P.cobs_max_len(max(map(len, cases))) + 40
+    bench = WriterBench(depth)
+    wr = bench.wr
+    got = []
+
+    async def testbench(ctx):
+        for n, raw in enumerate(cases):
+            base = (n * 7) % 40
+            for i in range(depth):
+                ctx.set(bench.mem.data[i], 0)
+            ctx.set(wr.base, base)
+            ctx.set(wr.start, 1)
+            await ctx.tick()
+            ctx.set(wr.start, 0)
+            pos = 0
+            while pos < len(raw):
+                go = rng.random() < 0.6 and ctx.get(wr.ready)
+                ctx.set(wr.take, go)
+                ctx.set(wr.data, raw[pos] if go else rng.randrange(256))
+                await ctx.tick()
+                pos += go
+            ctx.set(wr.take, 0)
+            ctx.set(wr.finish, 1)
+            while True:
+                done = ctx.get(wr.done)
+                await ctx.tick()
+                if done:
+                    break
+            ctx.set(wr.finish, 0)
+            mem = bytes(ctx.get(bench.mem.data[i]) for i in range(depth))
+            end = mem.index(0, base + 1)
+            got.append(mem[base:end + 1])
+
+    sim = Simulator(bench)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    for raw, wire in zip(cases, got):
+        assert wire == b"\x00" + P.cobs_encode(raw) + b"\x00", raw.hex()
+
+
 # HostLink vs DevModel --------------------------------------------------------------------------------
 
 def test_identify_and_status():
@@ -530,6 +591,57 @@ def test_run_busy_done():
     st = status_of(r[3])
     assert st.busy and not st.done
     assert st.counter(DevCounter.FRAMES_OK) == 4 and st.counter(DevCounter.OUT_OF_ORDER) == 0
+
+
+class ConfigBench(Bench):
+    """Bench with another IDENTIFY configuration (the model reports the same)."""
+
+    def __init__(self, config: str, **kw):
+        super().__init__(**kw)
+        self.config = config
+        self.link = HostLink(max_payload=self.link.max_payload, space_sizes=SIZES, config_json=config.encode())
+
+    def model(self) -> DevModel:
+        return DevModel(sizes=SIZES, max_payload=self.link.max_payload, config=self.config, run_cycles=RUN_CYCLES)
+
+
+def _nonzero_crc_seq(code, payload, start):
+    """The first seq from ``start`` whose reply CRC has two nonzero bytes."""
+    for seq in range(start, start + 256):
+        raw = P.encode_raw_frame(code, seq & 0xFF, payload)
+        if raw[-2] and raw[-1]:
+            return seq & 0xFF
+    raise AssertionError("no such seq")
+
+
+def test_full_cobs_blocks_in_replies():
+    """Replies with runs of 254+ nonzero bytes: full COBS blocks inside a frame, on its CRC, at its end.
+
+    READ_MEM of n nonzero bytes (the length's high byte is 0, so the last COBS block starts with the
+    data): n = 252 fills a block exactly with the CRC (minimal form: no final empty block), n = 253
+    puts the 254th byte on CRC[15:8], n = 254 on the last data byte; longer runs span blocks; a long
+    IDENTIFY payload without zeros does the same from the copy of the configuration.
+    """
+    config = json.dumps({"note": "x" * 600, "beta_w": 16}, separators=(",", ":"))
+    bench = ConfigBench(config)
+    rng = random.Random(17)
+    blob = bytes(rng.randrange(1, 256) for _ in range(512))
+    data = bytearray()
+    data += frame(Command.WRITE_MEM, 1, P.pack_write_mem(Space.WEIGHTS, 0, blob[:251]))
+    data += frame(Command.WRITE_MEM, 2, P.pack_write_mem(Space.WEIGHTS, 251, blob[251:502]))
+    seq = 3
+    expect_full_end = []
+    for n in (252, 253, 254, 255, 250, 256):
+        seq = _nonzero_crc_seq(P.ack_code(Command.READ_MEM), blob[:n], seq)
+        data += frame(Command.READ_MEM, seq, P.pack_read_mem(Space.WEIGHTS, 0, n))
+        if n == 252:
+            enc = P.cobs_encode(P.encode_raw_frame(P.ack_code(Command.READ_MEM), seq, blob[:n]))
+            expect_full_end.append(enc[-255] == 0xFF)  # the frame ends with a full block
+        seq += 1
+    data += frame(Command.IDENTIFY, seq) + frame(Command.IDENTIFY, seq)  # the second one is replayed
+    assert expect_full_end == [True]
+    model, _, _ = check_same_as_model(bench, bytes(data), seed=17, p_out=0.7)
+    assert model.counters[DevCounter.DUPLICATE] == 1
 
 
 def test_uart_end_to_end():

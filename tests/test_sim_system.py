@@ -120,6 +120,7 @@ def test_fault_injection_over_simulated_uart(board, fault_seed):
     counts = {d: {k: pipe.counts[d][k] for k in FAULT_KINDS} for d in ("tx", "rx")}
     print(f"faults injected {counts}; link {link.stats}; device counters {device}")
     assert pipe.faults("tx") > 0 and pipe.faults("rx") > 0, counts
+    assert all(counts["tx"][k] + counts["rx"][k] > 0 for k in FAULT_KINDS), counts
     assert link.stats.retransmits > 0, link.stats
 
 
