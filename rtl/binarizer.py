@@ -8,13 +8,13 @@ pixel (or one vector) in channel order, segment ``j`` covers channels
 * ``delta_a = floor((sum|y| + n_j // 2) / n_j)``.
 
 Full segments (``n_j == beta_a``, a power of two) divide by a shift.  A short final segment
-(``C`` not a multiple of ``beta_a``: only a linear layer's outputs) goes through
-:class:`RestoringDivider`, a sequential restoring divider that is exact for every dividend below
-``2**dividend_width`` and every divisor >= 1; it takes ``dividend_width`` cycles and runs at most
-once per pixel.
+(``C`` not a multiple of ``beta_a``: only a linear layer's outputs) is divided by a sequential
+restoring division, the algorithm of :class:`RestoringDivider` (exact for every dividend below
+``2**dividend_width`` and every divisor >= 1), run in place on the binarizer's segment register;
+it takes ``sum_width`` cycles and runs at most once per pixel.
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -145,8 +145,9 @@ class Binarizer(wiring.Component):
     blocks the input for ``short_latency`` cycles while the divider runs.  The input is accepted
     while stage B is empty or its beat is being taken, so ``i_stream.ready`` depends on
     ``o_stream.ready`` combinationally but never on ``i_stream.valid``.
-    Yosys ``synth_ice40`` of ``y_bits=8, max_beta_a=64``: 357 SB_LUT4, 209 DFF, no MAC or EBR
-    (the 64-bit sign registers dominate; a smaller ``max_beta_a`` shrinks them).
+    Yosys ``synth_ice40`` (flattened, nextpnr packing) of the core's ``y_bits=8, max_beta_a=2``:
+    97 SB_LUT4, 39 DFF, 110 logic cells, no MAC or EBR (was 115, 50, 140); a larger
+    ``max_beta_a`` adds two ``max_beta_a``-bit sign registers.
     """
 
     latency = 1
@@ -177,10 +178,7 @@ class Binarizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         nb, sw, lw = self.max_beta_a, self.sum_width, self.length_width
-        m.submodules.divider = div = RestoringDivider(dividend_width=sw, divisor_width=lw)
         log2b = self.config.log2_beta_a
-        beta_m1 = Signal(unsigned(lw))
-        m.d.comb += beta_m1.eq((Const(1, lw + 1) << log2b) - 1)
 
         # Stage A: accumulation of the current segment.
         cnt = Signal(unsigned(lw))
@@ -188,46 +186,58 @@ class Binarizer(wiring.Component):
         signs_acc = Signal(unsigned(nb))
         first_acc = Signal()
 
-        # Stage B: a completed segment waiting for its delta.
+        # Stage B: a completed segment waiting for its delta.  ``b_div`` holds the rounded sum
+        # ``sum + n // 2`` (n = beta_a for a full segment, whose delta is then a shift); for a short
+        # segment a restoring division (:class:`RestoringDivider`'s algorithm, ``sum_width``
+        # steps) runs in place on it, its quotient bits shifting in at the bottom.
         b_valid = Signal()
-        b_signs = Signal(unsigned(nb))
-        b_sum = Signal(unsigned(sw))
-        b_len = Signal(unsigned(lw))
+        b_signs = Signal(unsigned(nb), reset_less=True)
+        b_div = Signal(unsigned(sw), reset_less=True)
+        b_len = Signal(unsigned(lw), reset_less=True)
         b_full = Signal()
-        b_first = Signal()
-        b_last = Signal()
+        b_first = Signal(reset_less=True)
+        b_last = Signal(reset_less=True)
+        busy = Signal()                     # dividing
+        done = Signal()                     # b_div holds the quotient
+        steps = Signal(range(sw + 1))
+        rem = Signal(unsigned(lw))
 
-        # Output: full segments by shift (combinational from stage B), short ones by the divider.
-        rounded = Signal(unsigned(sw + 1))
-        m.d.comb += rounded.eq(b_sum + ((Const(1, lw + 1) << log2b) >> 1))
         out = self.o_stream.payload
         m.d.comb += [
-            self.o_stream.valid.eq(b_valid & (b_full | div.o_stream.valid)),
+            self.o_stream.valid.eq(b_valid & (b_full | done)),
             out.signs.eq(b_signs), out.length.eq(b_len), out.first.eq(b_first), out.last.eq(b_last),
-            out.delta.eq(Mux(b_full, rounded >> log2b, div.o_stream.payload.quotient)),
-            div.o_stream.ready.eq(self.o_stream.ready & b_valid & ~b_full),
-            # The divider takes no new input until its result is taken, which frees stage B.
-            div.i_stream.valid.eq(b_valid & ~b_full),
-            div.i_stream.payload.dividend.eq(b_sum + (b_len >> 1)),
-            div.i_stream.payload.divisor.eq(b_len),
+            out.delta.eq(Mux(b_full, b_div >> log2b, b_div)),
         ]
+        with m.If(b_valid & ~b_full & ~busy & ~done):
+            m.d.sync += [busy.eq(1), steps.eq(sw), rem.eq(0)]
+        with m.If(busy):
+            trial = Signal(unsigned(lw + 1))
+            m.d.comb += trial.eq(Cat(b_div[-1], rem))
+            take = trial >= b_len
+            m.d.sync += [rem.eq(Mux(take, trial - b_len, trial)[:lw]),
+                         b_div.eq(Cat(take, b_div[:-1])),
+                         steps.eq(steps - 1)]
+            with m.If(steps == 1):
+                m.d.sync += [busy.eq(0), done.eq(1)]
 
         b_free = ~b_valid | (self.o_stream.valid & self.o_stream.ready)
         m.d.comb += self.i_stream.ready.eq(b_free)
         with m.If(b_free):
-            m.d.sync += b_valid.eq(0)
+            m.d.sync += [b_valid.eq(0), done.eq(0)]
 
+        # sum + |y| = sum + (y ^ sign) + sign: one adder, the sign entering as its carry.
         y = self.i_stream.payload.y
-        mag = Signal(unsigned(self.y_bits))
-        m.d.comb += mag.eq(Mux(y[-1], -y, y))
-        signs_next = signs_acc | Mux(y[-1], 0, Const(1, nb) << cnt)[:nb]
-        sum_next = (sum_acc + mag)[:sw]
+        neg = y[-1]
+        ones = Cat(*(y[i] ^ neg for i in range(self.y_bits)))
+        signs_next = signs_acc | Mux(neg, 0, Const(1, nb) << cnt)[:nb]
+        sum_next = (Cat(neg, sum_acc) + Cat(neg, ones))[1:sw + 1]
         first_next = Mux(cnt == 0, self.i_stream.payload.first, first_acc)
-        full = cnt == beta_m1
+        length = (cnt + 1)[:lw]
+        full = length == (Const(1, lw + 1) << log2b)
         with m.If(self.i_stream.valid & self.i_stream.ready):
             with m.If(full | self.i_stream.payload.last):
-                m.d.sync += [b_valid.eq(1), b_signs.eq(signs_next), b_sum.eq(sum_next),
-                             b_len.eq(cnt + 1), b_full.eq(full), b_first.eq(first_next),
+                m.d.sync += [b_valid.eq(1), b_signs.eq(signs_next), b_div.eq(sum_next + (length >> 1)),
+                             b_len.eq(length), b_full.eq(full), b_first.eq(first_next),
                              b_last.eq(self.i_stream.payload.last),
                              cnt.eq(0), sum_acc.eq(0), signs_acc.eq(0), first_acc.eq(0)]
             with m.Else():

@@ -105,7 +105,10 @@ class EntryMemory(wiring.Component):
         if self.spram and str(getattr(platform, "device", "")).startswith("iCE40UP"):
             return self._elaborate_spram()
         m = Module()
-        m.submodules.mem = mem = Memory(data=self.data)
+        # A read of the entry written in the same cycle returns an undefined value (the EBR's own
+        # behaviour; ``no_rw_check`` spares the logic that would emulate one): the host never
+        # reads and writes in one cycle, and the core never reads the buffer a layer writes.
+        m.submodules.mem = mem = Memory(data=self.data, attrs={"no_rw_check": 1})
         wp = mem.write_port(granularity=8)
         rp = mem.read_port()
         lane_bits = _log2(self.stride)
@@ -119,11 +122,20 @@ class EntryMemory(wiring.Component):
             rp.en.eq(Mux(self.core, self.core_re, self.host_re)),
             self.core_rdata.eq(rp.data),
         ]
-        lane_r = Signal(max(1, lane_bits))
-        with m.If(~self.core & self.host_re):
-            m.d.sync += lane_r.eq(host_lane)
-        padded = Cat(rp.data, Const(0, 8 * (self.stride - self.nbytes))) if self.stride > self.nbytes else rp.data
-        m.d.comb += self.host_rdata.eq(padded.word_select(lane_r, 8) if self.stride > 1 else rp.data)
+        # The host's byte: an AND-OR over one-hot lane selects (cheaper than a binary byte mux for
+        # wide entries); no lane is selected for a hole.
+        if self.nbytes > 1:
+            lane_oh = Signal(self.nbytes)
+            with m.If(~self.core & self.host_re):
+                m.d.sync += lane_oh.eq(Cat(*(host_lane == b for b in range(self.nbytes))))
+            bytes_ = [rp.data[8 * b:8 * b + 8] for b in range(self.nbytes)]
+            m.d.comb += self.host_rdata.eq(
+                Cat(*[Cat(*[lane_oh[b] & bytes_[b][i] for b in range(self.nbytes)]).any() for i in range(8)]))
+        else:
+            lane_r = Signal(max(1, lane_bits))
+            with m.If(~self.core & self.host_re):
+                m.d.sync += lane_r.eq(host_lane)
+            m.d.comb += self.host_rdata.eq(Mux(lane_r == 0, rp.data, 0) if self.stride > 1 else rp.data)
 
         # Write port: byte lanes for the host, all lanes for the core.
         host_en = (Const(1, self.nbytes) << host_lane)[:self.nbytes]

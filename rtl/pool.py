@@ -13,11 +13,12 @@ are already post-ReLU works the same.
 
 A line buffer of ``(max_width // 2) * max_channels`` entries (``acc_width`` bits each) holds the
 running maximum of every pooled column and channel of the current window row band; it is
-read-modify-written once per beat (a transparent read port forwards a write to the same address
-issued on the previous beat), so the initiation interval is 1.
+read-modify-written once per beat (with one channel, the next beat reads the entry the previous
+one is writing: that maximum is forwarded from the output register), so the initiation interval
+is 1.
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -27,6 +28,11 @@ __all__ = ["MaxPool", "pool_config_layout"]
 
 def _ubits(n: int) -> int:
     return max(1, int(n).bit_length())
+
+
+def _ebr_blocks(width: int, depth: int) -> int:
+    """iCE40 EBR (4 kbit) for a ``width`` x ``depth`` memory in its best port mode (256x16 .. 2048x2)."""
+    return min(-(-width // w) * -(-depth // (4096 // w)) for w in (16, 8, 4, 2))
 
 
 def pool_config_layout(*, max_width: int, max_channels: int, max_window: int) -> data.StructLayout:
@@ -60,7 +66,10 @@ class MaxPool(wiring.Component):
     Attributes
     ----------
     depth : int
-        Line-buffer entries: ``(max_width // 2) * max_channels`` (1 when ``max_window == 1``).
+        Line-buffer entries: ``(max_width // 2) * max_channels`` (1 when ``max_window == 1``), or
+        ``(max_width // 2) * 2**ceil(log2(max_channels))`` when that needs no more EBR (then
+        :attr:`pow2_addr` is set: entry ``(px, c)`` sits at ``px * 2**channel_bits + c``, so the
+        address is the counters themselves).
     latency : int
         Cycles from the accepted beat that completes a window to the output beat being valid.
 
@@ -75,8 +84,12 @@ class MaxPool(wiring.Component):
 
     Notes
     -----
-    Yosys ``synth_ice40`` of ``acc_width=16, max_width=32, max_channels=64, max_window=2``:
-    132 SB_LUT4, 112 DFF, 4 EBR (the 16 x 1024 line buffer).
+    While the output register holds a beat the sink has not taken, a beat that completes a window
+    waits in stage 1, and so does one whose successor would read the entry it writes (one
+    channel): the output register also forwards that running maximum.  Other beats go on.
+    Yosys ``synth_ice40`` (flattened, nextpnr packing) of the core's ``acc_width=29, max_width=16,
+    max_channels=32, max_window=2``: 115 SB_LUT4, 94 DFF, 225 logic cells, 2 EBR (was 141,
+    141, 295).
     """
 
     latency = 2
@@ -95,8 +108,14 @@ class MaxPool(wiring.Component):
         self.max_window = max_window
         self.depth = (max_width // 2) * max_channels if max_window >= 2 else 1
         self.depth = max(1, self.depth)
-        self.addr_width = _ubits(self.depth - 1)
         self.channel_width = _ubits(max_channels - 1)
+        # Entry (px, c) at px * 2**channel_width + c (no address arithmetic) when those
+        # addresses fit the EBRs that ``depth`` entries need anyway.
+        pow2_depth = max(1, max_width // 2) << self.channel_width if max_window >= 2 else 1
+        self.pow2_addr = max_window >= 2 and _ebr_blocks(acc_width, pow2_depth) <= _ebr_blocks(acc_width, self.depth)
+        if self.pow2_addr:
+            self.depth = pow2_depth
+        self.addr_width = _ubits(self.depth - 1)
         self.out_layout = data.StructLayout({
             "channel": unsigned(self.channel_width), "value": signed(acc_width),
             "first": unsigned(1), "last": unsigned(1)})
@@ -111,42 +130,61 @@ class MaxPool(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.config
-        m.submodules.line = mem = Memory(shape=signed(self.acc_width), depth=self.depth, init=[])
-        wp = mem.write_port()
-        rp = mem.read_port(transparent_for=(wp,))
-
         # Position counters of the next input beat.
         c = Signal(unsigned(self.channel_width))         # channel
         k = Signal(range(max(2, self.max_window)))       # column within the window
         r = Signal(range(max(2, self.max_window)))       # row within the window
         x = Signal(range(max(2, self.max_width)))        # column
-        addr = Signal(unsigned(self.addr_width + 1))     # px * channels + c
-        base = Signal(unsigned(self.addr_width + 1))     # px * channels
+        if self.pow2_addr:
+            px = Signal(range(max(2, self.max_width // 2)))  # pooled column
+            addr = Cat(c, px)[:self.addr_width]
+        else:
+            addr = Signal(unsigned(self.addr_width))     # px * channels + c (< depth)
+            base = Signal(unsigned(self.addr_width))     # px * channels
 
-        c_wrap = c == cfg.channels - 1
-        k_wrap = k == cfg.window - 1
-        r_wrap = r == cfg.window - 1
-        x_wrap = x == cfg.width - 1
-        win1 = cfg.window == 1
+        # Wrap tests against the incremented counters (which the counters load anyway), not
+        # against ``config - 1``.
+        c_inc, k_inc, r_inc, x_inc = c + 1, k + 1, r + 1, x + 1
+        c_wrap = c_inc == cfg.channels
+        k_wrap = k_inc == cfg.window
+        r_wrap = r_inc == cfg.window
+        x_wrap = x_inc == cfg.width
 
         # Stage 1 registers (beat whose line-buffer entry is being read).
         s1_valid = Signal()
-        s1_value = Signal(signed(self.acc_width))
-        s1_addr = Signal(unsigned(self.addr_width))
+        s1_value = Signal(signed(self.acc_width), reset_less=True)
+        s1_addr = Signal(unsigned(self.addr_width), reset_less=True)
         s1_start = Signal()      # first beat of its window: ignore the line buffer
         s1_emit = Signal()       # last beat of its window: produce an output
-        s1_chan = Signal(unsigned(self.channel_width))
-        s1_first = Signal()
-        s1_last = Signal()
+        s1_fwd = Signal()        # its line-buffer entry is the one the previous beat wrote
+        s1_chan = Signal(unsigned(self.channel_width), reset_less=True)
+        s1_first = Signal(reset_less=True)
+        s1_last = Signal(reset_less=True)
 
+        # ``held`` is the output register's value and also forwards a running maximum: the one
+        # case where a beat reads the entry its predecessor writes in the same cycle (one channel,
+        # the next column of a window) takes the predecessor's maximum from ``held``.  Such a
+        # predecessor leaves stage 1 only when the output register is free, like a beat that
+        # completes a window.  The line buffer's read port is not transparent; every other read
+        # of a written entry comes cycles after the write, so a read meeting a write (undefined on
+        # the EBR, ``no_rw_check``) is never used.
+        m.submodules.line = mem = Memory(shape=signed(self.acc_width), depth=self.depth, init=[],
+                                         attrs={"no_rw_check": 1})
+        wp = mem.write_port()
+        rp = mem.read_port()
+        out = self.o_stream.payload
+        held = out.value
+
+        # (With window 1 every beat starts and ends its window: the line buffer is never used.)
+        rd_addr = addr
+        fwd_next = ~s1_emit & (rd_addr == s1_addr)       # the next beat would forward
+        mx = Signal(signed(self.acc_width))
         o_valid = Signal()
         o_free = ~o_valid | self.o_stream.ready
-        s1_done = ~s1_emit | o_free
+        s1_done = ~(s1_emit | fwd_next) | o_free
         s1_ready = ~s1_valid | s1_done
         accept = self.i_stream.valid & s1_ready
         m.d.comb += [self.i_stream.ready.eq(s1_ready), self.o_stream.valid.eq(o_valid)]
-
-        rd_addr = Mux(win1, 0, addr)[:self.addr_width]
         m.d.comb += [rp.addr.eq(rd_addr), rp.en.eq(s1_ready)]
 
         with m.If(s1_ready):
@@ -156,6 +194,7 @@ class MaxPool(wiring.Component):
                 s1_addr.eq(rd_addr),
                 s1_start.eq((r == 0) & (k == 0)),
                 s1_emit.eq(r_wrap & k_wrap),
+                s1_fwd.eq(s1_valid & fwd_next),
                 s1_chan.eq(c),
                 s1_first.eq(c == 0),
                 s1_last.eq(c_wrap),
@@ -163,29 +202,36 @@ class MaxPool(wiring.Component):
 
         with m.If(accept):
             with m.If(~c_wrap):
-                m.d.sync += [c.eq(c + 1), addr.eq(addr + 1)]
+                m.d.sync += c.eq(c_inc)
+                if not self.pow2_addr:
+                    m.d.sync += addr.eq(addr + 1)
             with m.Else():
                 m.d.sync += c.eq(0)
                 with m.If(x_wrap):
-                    m.d.sync += [x.eq(0), k.eq(0), addr.eq(0), base.eq(0),
-                                 r.eq(Mux(r_wrap, 0, r + 1))]
+                    m.d.sync += [x.eq(0), k.eq(0), r.eq(Mux(r_wrap, 0, r_inc))]
+                    m.d.sync += px.eq(0) if self.pow2_addr else [addr.eq(0), base.eq(0)]
                 with m.Else():
-                    m.d.sync += x.eq(x + 1)
+                    m.d.sync += x.eq(x_inc)
                     with m.If(k_wrap):
-                        m.d.sync += [k.eq(0), addr.eq(addr + 1), base.eq(addr + 1)]
+                        m.d.sync += k.eq(0)
+                        m.d.sync += px.eq(px + 1) if self.pow2_addr else [addr.eq(addr + 1), base.eq(addr + 1)]
                     with m.Else():
-                        m.d.sync += [k.eq(k + 1), addr.eq(base)]
+                        m.d.sync += k.eq(k_inc)
+                        if not self.pow2_addr:
+                            m.d.sync += addr.eq(base)
 
         # Stage 1: running maximum; write back unless the window is complete.
-        mx = Signal(signed(self.acc_width))
-        m.d.comb += mx.eq(Mux(s1_start | (s1_value > rp.data), s1_value, rp.data))
+        # A window's first beat compares with the most negative value: max(v, min) == v.
+        prev = Mux(s1_start, Const(-1 << (self.acc_width - 1), signed(self.acc_width)),
+                   Mux(s1_fwd, held, rp.data))
+        m.d.comb += mx.eq(Mux(s1_value > prev, s1_value, prev))
         m.d.comb += [wp.addr.eq(s1_addr), wp.data.eq(mx), wp.en.eq(s1_valid & ~s1_emit)]
 
-        # Output register.
-        out = self.o_stream.payload
+        # Output register (``held``): a completed window, or a maximum to forward.
         with m.If(o_free):
             m.d.sync += o_valid.eq(s1_valid & s1_emit)
+        with m.If(s1_valid & s1_ready & (s1_emit | fwd_next)):
+            m.d.sync += held.eq(mx)
         with m.If(s1_valid & s1_emit & o_free):
-            m.d.sync += [out.value.eq(mx), out.channel.eq(s1_chan), out.first.eq(s1_first),
-                         out.last.eq(s1_last)]
+            m.d.sync += [out.channel.eq(s1_chan), out.first.eq(s1_first), out.last.eq(s1_last)]
         return m

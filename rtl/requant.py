@@ -8,15 +8,18 @@ Bit-exact with :class:`hadahw.contract.Requant` (``activate`` then ``scale``)::
          floor((v + 2**(S-1)) / 2**S)        otherwise (arithmetic, round half up)
     y  = clip(y, -(2**out_bits - 1), 2**out_bits - 1)   if saturate
 
-The rounding shift is computed as ``((v >> (S-1)) + 1) >> 1``, which equals
-``(v + 2**(S-1)) >> S`` for every integer ``v`` and ``S >= 1`` without a full-width rounding
-constant, so a shift of up to 62 costs only barrel-shifter levels, not adder width.
+The rounding shift is computed as ``t = (2*v) >> S``, then ``y = (t + 1) >> 1``, which equals
+``(v + 2**(S-1)) >> S`` for every integer ``v`` and ``S >= 1`` and ``v`` for ``S == 0``: no
+full-width rounding constant and no special case for ``S == 0``, so a shift of up to 62 costs only
+barrel-shifter levels and one increment.  Saturation tests ``t`` (whose one's-complement magnitude
+``u = t ^ sign`` leaves the range exactly when ``u >= 2**(out_bits+1) - 1``) with masked
+reductions instead of two full-width comparisons.
 
 ReLU commutes with max-pooling (both are monotone), so a layer that pools may run
 :class:`~hadahw.rtl.pool.MaxPool` on the raw accumulators and apply ReLU here.
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -27,6 +30,11 @@ __all__ = ["Requantizer", "requant_config_layout"]
 def _ubits(n: int) -> int:
     """Bits of an unsigned field holding ``0..n`` (at least 1)."""
     return max(1, int(n).bit_length())
+
+
+def _ebr_blocks(width: int, depth: int) -> int:
+    """iCE40 EBR (4 kbit) for a ``width`` x ``depth`` memory in its best port mode (256x16 .. 2048x2)."""
+    return min(-(-width // w) * -(-depth // (4096 // w)) for w in (16, 8, 4, 2))
 
 
 def requant_config_layout(*, max_shift: int = 62, max_out_bits: int = 16) -> data.StructLayout:
@@ -87,14 +95,18 @@ class Requantizer(wiring.Component):
 
     Notes
     -----
-    Pipeline: stage 0 ReLU + parameter read, 1 product (registered), 2 ``+ B``, 3 ``>> (S-1)``,
-    4 round + saturate (output register).  Every stage loads when it is empty or its successor
-    loads, so bubbles collapse and a stalled sink stops only the stages behind it.
+    Pipeline: stage 0 ReLU + multiplier read, 1 product (in the SB_MAC16 output registers) + bias
+    read, 2 ``+ B``, 3 ``(2v) >> S``, 4 round + saturate (output register).  Every stage loads
+    when it is empty or its successor loads, so bubbles collapse and a stalled sink stops only the
+    stages behind it.  ``M`` and ``B`` live in two memories when that costs no extra EBR, so each
+    is read in the stage that uses it; a parameter write meets no read that matters (load while
+    idle), so the memories need no read-during-write logic.  An ``out_bits`` above
+    ``max_out_bits`` saturates as ``max_out_bits``.
     Yosys ``synth_ice40 -dsp`` (pass ``synth_opts="-dsp"`` to the Amaranth iCE40 platform; without
-    it the product is built from LUTs) measured for ``acc_width=16, channels=64, bias_width=24,
-    max_shift=31``: 1 SB_MAC16, 437 SB_LUT4, 305 DFF, 3 EBR (1,229 LUT4 and no MAC without
-    ``-dsp``); ``acc_width=24``: 2 SB_MAC16, 530 SB_LUT4.  Estimates from synthesis only, not
-    place-and-route.
+    it the product is built from LUTs), flattened, with nextpnr's packing, for the core's
+    ``acc_width=29, mult_width=16, bias_width=32, channels=256, max_shift=31``: 2 SB_MAC16,
+    3 EBR, 453 SB_LUT4, 223 DFF, 541 logic cells (was 642 SB_LUT4, 406 DFF, 916 cells).
+    Estimates from synthesis only, not place-and-route.
     """
 
     latency = 5
@@ -144,12 +156,7 @@ class Requantizer(wiring.Component):
         m = Module()
         cfg = self.config
         nst = self.latency
-
-        # Parameter memory: written from outside, read at the channel of the accepted beat.
-        m.submodules.params = mem = Memory(shape=self.param_layout, depth=self.channels, init=[])
-        wp = mem.write_port()
-        rp = mem.read_port()
-        m.d.comb += [wp.addr.eq(self.param_addr), wp.data.eq(self.param_data), wp.en.eq(self.param_we)]
+        aw, mw, bw, w = self.acc_width, self.mult_width, self.bias_width, self.y_width
 
         # Pipeline control: stage k loads when it is empty or stage k+1 (or the sink) takes its beat.
         valid = [Signal(name=f"s{k}_valid") for k in range(nst)]
@@ -163,58 +170,103 @@ class Requantizer(wiring.Component):
                 m.d.sync += valid[k].eq(prev[k])
         m.d.comb += [self.i_stream.ready.eq(ready[0]), self.o_stream.valid.eq(valid[nst - 1])]
 
-        # Side band (channel, first, last) travels along every stage.
+        # Side band (channel, first, last) travels along every stage.  Data registers need no
+        # reset (the valid bits qualify them), which lets them pack with the logic in front.
         side = self.i_stream.payload
         side_regs = []
         for k in range(nst):
             r = Signal(data.StructLayout({"channel": unsigned(self.channel_width),
-                                          "first": unsigned(1), "last": unsigned(1)}), name=f"s{k}_side")
+                                          "first": unsigned(1), "last": unsigned(1)}),
+                       name=f"s{k}_side", reset_less=True)
             src = side_regs[-1] if side_regs else side
             with m.If(ready[k]):
                 m.d.sync += [r.channel.eq(src.channel), r.first.eq(src.first), r.last.eq(src.last)]
             side_regs.append(r)
 
-        # Stage 0: ReLU, accumulator register; parameter memory read (same-cycle latency).
-        m.d.comb += [rp.addr.eq(self.i_stream.payload.channel), rp.en.eq(ready[0])]
-        acc0 = Signal(signed(self.acc_width))
+        # Parameter memory, written from outside.  The multiplier is read at stage 0 (with the
+        # accepted beat's channel), the bias at stage 1 (with the same channel one stage on), so
+        # each read port's output register is the pipeline register of its value.  When splitting
+        # the entry into two memories would cost an extra EBR, one memory holds both and the bias
+        # is copied into a stage-1 register instead.  A read that meets a write to its own entry
+        # is undefined on the EBR (``no_rw_check``); parameters are loaded while no beat is in
+        # flight, so no read that matters can meet one.
+        attrs = {"no_rw_check": 1}
+        split = _ebr_blocks(mw, self.channels) + _ebr_blocks(bw, self.channels) <= \
+            _ebr_blocks(mw + bw, self.channels)
+        if split:
+            m.submodules.mults = mmem = Memory(shape=signed(mw), depth=self.channels, init=[], attrs=attrs)
+            m.submodules.biases = bmem = Memory(shape=signed(bw), depth=self.channels, init=[], attrs=attrs)
+            mwp, mrp = mmem.write_port(), mmem.read_port()
+            bwp, brp = bmem.write_port(), bmem.read_port()
+            m.d.comb += [
+                mwp.addr.eq(self.param_addr), mwp.data.eq(self.param_data.mult), mwp.en.eq(self.param_we),
+                bwp.addr.eq(self.param_addr), bwp.data.eq(self.param_data.bias), bwp.en.eq(self.param_we),
+                mrp.addr.eq(self.i_stream.payload.channel), mrp.en.eq(ready[0]),
+                brp.addr.eq(side_regs[0].channel), brp.en.eq(ready[1]),
+            ]
+            mult0, bias1 = mrp.data, brp.data
+        else:
+            m.submodules.params = mem = Memory(shape=self.param_layout, depth=self.channels, init=[], attrs=attrs)
+            wp, rp = mem.write_port(), mem.read_port()
+            m.d.comb += [wp.addr.eq(self.param_addr), wp.data.eq(self.param_data), wp.en.eq(self.param_we),
+                         rp.addr.eq(self.i_stream.payload.channel), rp.en.eq(ready[0])]
+            mult0 = rp.data.mult
+            bias1 = Signal(signed(bw), reset_less=True)
+            with m.If(ready[1]):
+                m.d.sync += bias1.eq(rp.data.bias)
+
+        # Stage 0: ReLU.
+        acc0 = Signal(signed(aw), reset_less=True)
         a = self.i_stream.payload.acc
         with m.If(ready[0]):
             m.d.sync += acc0.eq(Mux(cfg.relu & a[-1], 0, a))
 
-        # Stage 1: registered product (SB_MAC16 output register); bias carried along.
-        prod1 = Signal(signed(self.acc_width + self.mult_width))
-        bias1 = Signal(signed(self.bias_width))
+        # Stage 1: registered product (SB_MAC16 output register).
+        prod1 = Signal(signed(aw + mw), reset_less=True)
         with m.If(ready[1]):
-            m.d.sync += [prod1.eq(acc0 * rp.data.mult), bias1.eq(rp.data.bias)]
+            m.d.sync += prod1.eq(acc0 * mult0)
 
         # Stage 2: v = o*M + B.
-        w = self.y_width
-        v2 = Signal(signed(w))
+        v2 = Signal(signed(w), reset_less=True)
         with m.If(ready[2]):
             m.d.sync += v2.eq(prod1 + bias1)
 
-        # Stage 3: t = v >> (S-1) for S >= 1 (arithmetic), v for S == 0.
-        t3 = Signal(signed(w))
-        s_is0_3 = Signal()
-        shift_m1 = Mux(cfg.shift == 0, 0, cfg.shift - 1)[:len(cfg.shift)]
+        # Stage 3: t = (2v) >> S (arithmetic), so that y = (t + 1) >> 1 for every S, including 0
+        # ((2v + 1) >> 1 == v): t[1:] = v >> S and t[0] is the rounding bit v[S-1] (0 for S == 0).
+        t3 = Signal(signed(w + 1), reset_less=True)
         with m.If(ready[3]):
-            m.d.sync += [t3.eq(v2 >> shift_m1), s_is0_3.eq(cfg.shift == 0)]
+            x = Cat(Const(0, 1), v2).as_signed()
+            for j in reversed(range(len(cfg.shift))):
+                x = Mux(cfg.shift[j], x >> (1 << j), x)
+            m.d.sync += t3.eq(x)
 
-        # Stage 4: rounding half up, then saturation; this is the output register.
-        rounded = Signal(signed(w))
-        m.d.comb += rounded.eq(Mux(s_is0_3, t3, (t3 + 1) >> 1))
-        lim = Signal(unsigned(self.max_out_bits + 1))
-        m.d.comb += lim.eq((Const(1, unsigned(self.max_out_bits + 1)) << cfg.out_bits) - 1)
-        y4 = Signal(signed(w))
-        sat = Signal(signed(w))
-        with m.If(cfg.saturate & (rounded > lim)):
-            m.d.comb += sat.eq(lim)
-        with m.Elif(cfg.saturate & (rounded < -lim)):
-            m.d.comb += sat.eq(-lim)
-        with m.Else():
-            m.d.comb += sat.eq(rounded)
+        # Stage 4: rounding half up, y = t[1:] + t[0], then saturation; this is the output register.
+        # With n = out_bits and u = t ^ sign(t) (t's one's-complement magnitude), y leaves
+        # [-(2**n - 1), 2**n - 1] exactly when u >= 2**(n+1) - 1: some bit of u at n+1 or above is
+        # set, or bits 0..n of u are all ones.  The test reads t, beside the rounding carry chain
+        # rather than behind it.  ``below`` (bit i: i < n) masks the positions that depend on n;
+        # the forced value, 2**n - 1 (y >= 0) or -(2**n - 1) (y < 0), has bit 0 set and bit i >= 1
+        # equal to sign ^ (i < n).
+        nmax = self.max_out_bits
+        y = Signal(signed(w))
+        m.d.comb += y.eq(t3[1:].as_signed() + t3[0])
+        below = Signal(nmax + 1)                     # bit nmax stays 0
+        with m.Switch(cfg.out_bits):              # out_bits > max_out_bits: as max_out_bits (any
+            for n in range(1 << len(cfg.out_bits)):  # value would do; this one is the cheapest)
+                with m.Case(n):
+                    m.d.comb += below.eq((1 << min(n, nmax)) - 1)
+        st = t3[-1]
+        u = Cat(*(t3[i] ^ st for i in range(w + 1)))
+        top = min(nmax + 1, w)                       # u[i] for i >= top: always "at or above n+1"
+        mid = range(2, top)                          # i >= n+1 here exactly when not below[i-1]
+        ovf = (u[top:w].any()
+               | Cat(*(u[i] & ~below[i - 1] for i in mid)).any()
+               | Cat(u[0], u[1], *(u[i] | ~below[i - 1] for i in mid)).all())
+        force = cfg.saturate & ovf
+        y4 = Signal(signed(w), reset_less=True)
         with m.If(ready[4]):
-            m.d.sync += y4.eq(sat)
+            forced = Cat(Const(1, 1), *((st ^ below[i]) if i < nmax else st for i in range(1, w)))
+            m.d.sync += y4.eq(Mux(force, forced, y))
 
         out = self.o_stream.payload
         last_side = side_regs[-1]

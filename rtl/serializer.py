@@ -5,16 +5,19 @@ one engine output beat carrying R accumulators.  The serializer emits rows ``0..
 (``n_g = R``, or ``last_rows`` for the pixel's last pass; rows past ``N`` are dropped), tagging
 each value with its channel ``g*R + r`` and the pixel's ``first``/``last`` flags, at most one
 value every ``spacing`` cycles.  It reads the engine's output register in place (no copy) and
-releases it with the pass's last value.
+releases it with the pass's last value.  Its counters are only as wide as the core's descriptor
+register fields (:func:`hadahw.program.descriptor_field_bits`); with more than 4 rows the row is
+selected by a one-hot register (an AND-OR per bit instead of a binary mux).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hadahw.params import AcceleratorConfig
+from hadahw.program import descriptor_field_bits
 
 from .engine import output_layout
 
@@ -44,7 +47,9 @@ class Serializer(wiring.Component):
         The engine's output.
     o : Out(stream.Signature(value_layout(config)))
     passes, last_rows : In(16)
-        ``G`` and the rows of the last pass of a pixel (1..R).
+        ``G`` (1 .. ``2**descriptor_field_bits(config)["passes"] - 1``, the values the core's
+        descriptor register holds; higher bits are ignored) and the rows of the last pass of a
+        pixel (1..R).
     spacing : In(range(max_spacing + 1))
         Cycles from one value to the next, >= 1.
     start : In(1)
@@ -65,32 +70,61 @@ class Serializer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        rows = self.config.rows
+        cfg = self.config
+        rows = cfg.rows
+        # Counters only as wide as the values the core's descriptor register can hold
+        # (:func:`hadahw.program.descriptor_field_bits`): g < passes, r < last_rows <= R, and the
+        # channel g*R + r below passes*R.
+        widths = descriptor_field_bits(cfg)
+        gb = max(1, widths["passes"])
+        rb = max(1, widths["last_rows"])
+        cb = min(CHANNEL_BITS, max(1, (((1 << gb) - 1) * rows - 1).bit_length()))
         r = Signal(range(rows))
-        g = Signal(16)
-        c = Signal(CHANNEL_BITS)
+        g = Signal(gb)
+        pow2 = rows & (rows - 1) == 0
+        c = Cat(r[:rows.bit_length() - 1], g) if pow2 else Signal(cb)   # g*R + r
+        first = Signal(init=1)                               # c == 0
         gap = Signal(range(self.max_spacing + 1))
-        last_g = g == self.passes - 1
-        n_rows = Mux(last_g, self.last_rows, rows)
-        last_r = r == n_rows - 1
-        values = Array(self.i.payload[k] for k in range(rows))
+        g_inc, r_inc = g + 1, r + 1
+        last_g = g_inc[:gb] == self.passes[:gb]
+        last_r = Mux(last_g, r_inc == self.last_rows[:rb], r_inc == rows)
+        if rows > 4:
+            # One-hot row select: an AND-OR per bit is cheaper than a binary R:1 mux.
+            sel = Signal(rows, init=1)
+            words = [self.i.payload[k] for k in range(rows)]
+            value = Cat(*[Cat(*[sel[k] & words[k][i] for k in range(rows)]).any()
+                          for i in range(cfg.acc_bits)])
+        else:
+            value = Array(self.i.payload[k] for k in range(rows))[r]
         m.d.comb += [
             self.o.valid.eq(self.i.valid & (gap == 0)),
-            self.o.payload.value.eq(values[r]),
+            self.o.payload.value.eq(value),
             self.o.payload.channel.eq(c),
-            self.o.payload.first.eq(c == 0),
+            self.o.payload.first.eq(first),
             self.o.payload.last.eq(last_g & last_r),
         ]
         take = self.o.valid & self.o.ready
         m.d.comb += self.i.ready.eq(take & last_r)
         with m.If(self.start):
-            m.d.sync += [r.eq(0), g.eq(0), c.eq(0), gap.eq(0)]
+            m.d.sync += [r.eq(0), g.eq(0), first.eq(1), gap.eq(0)]
+            if not pow2:
+                m.d.sync += c.eq(0)
+            if rows > 4:
+                m.d.sync += sel.eq(1)
         with m.Elif(take):
             m.d.sync += gap.eq(self.spacing - 1)
             with m.If(last_r):
-                m.d.sync += [r.eq(0), g.eq(Mux(last_g, 0, g + 1)), c.eq(Mux(last_g, 0, c + 1))]
+                m.d.sync += [r.eq(0), g.eq(Mux(last_g, 0, g_inc)), first.eq(last_g)]
+                if not pow2:
+                    m.d.sync += c.eq(Mux(last_g, 0, c + 1))
+                if rows > 4:
+                    m.d.sync += sel.eq(1)
             with m.Else():
-                m.d.sync += [r.eq(r + 1), c.eq(c + 1)]
+                m.d.sync += [r.eq(r_inc), first.eq(0)]
+                if not pow2:
+                    m.d.sync += c.eq(c + 1)
+                if rows > 4:
+                    m.d.sync += sel.eq(sel.rotate_left(1))
         with m.Elif(gap != 0):
             m.d.sync += gap.eq(gap - 1)
         return m

@@ -8,22 +8,24 @@ consecutive addresses from the layer's ``out_addr`` (the layout of :mod:`hadahw.
   register and the word is written when full or at the pixel's last segment (one cycle per
   segment).  With ``beta_a > L`` a segment is captured and written as ``ceil(n_j / L)`` words,
   one per cycle, each with the segment's code.
-* the final layer gets requantized values; each is captured and written, sign-extended to
-  ``output_value_bytes`` bytes, over ``entries_per_output`` entries (one per cycle).
+* the final layer gets requantized values; each is written, sign-extended to
+  ``output_value_bytes`` bytes, over ``entries_per_output`` entries, one per cycle from the cycle
+  it arrives, straight from the input (the source holds it; it is taken with its last entry).
 
-``done`` rises once the layer's ``out_pixels``-th pixel has been written; ``start`` clears it.
-Full-segment beats are taken every cycle; multi-entry beats are taken once the previous beat's
-last entry is being written, so a producer that spaces them (the core does) never waits.
+``done`` rises once the layer's ``out_pixels``-th pixel has been written (for the final layer one
+cycle after its last entry); ``start`` clears it.  Full-segment beats are taken every cycle;
+multi-entry beats as their last entry is written, so a producer that spaces them by their entry
+count (the core does) never waits.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hadahw.params import AcceleratorConfig
-from hadahw.program import MemoryMap
+from hadahw.program import MemoryMap, descriptor_field_bits
 
 from .layouts import act_entry_layout
 
@@ -51,7 +53,8 @@ class ActWriter(wiring.Component):
     out_addr : In(16)
         Entry of the layer's first output word (loaded on ``start``).
     out_pixels : In(16)
-        Output pixels of the layer.
+        Output pixels of the layer (below ``2**descriptor_field_bits(config)["out_pixels"]``, what
+        the core's descriptor register holds; higher bits are ignored).
     start : In(1)
         Layer start: load the address, clear the pixel count and ``done``.
     done : Out(1)
@@ -81,8 +84,9 @@ class ActWriter(wiring.Component):
         lanes, beta_a = cfg.lanes, cfg.beta_a
         entry = act_entry_layout(cfg)
 
-        addr = Signal(16)
-        pixels = Signal(16)
+        # Only as wide as the core's descriptor register fields (hadahw.program.descriptor_field_bits).
+        addr = Signal(len(self.waddr))
+        pixels = Signal(max(1, descriptor_field_bits(cfg)["out_pixels"]))
         pixel_end = Signal()       # this cycle's write completes a pixel
         m.d.comb += self.waddr.eq(addr)
         done_r = Signal()
@@ -140,32 +144,36 @@ class ActWriter(wiring.Component):
                                  nwords.eq((seg.length + lanes - 1) >> (lanes.bit_length() - 1))]
 
         # --- final values ---------------------------------------------------------------------
+        # A value's entries are written straight from the input, one per cycle from the cycle it
+        # arrives; it is taken with its last entry (the source holds it until then), so no copy
+        # of it is kept.  The pixel count (and ``done``) follows one cycle after the last entry,
+        # the timing of a writer that takes a value on arrival and writes it in the next cycles.
         k = mm.entries_per_output
         ebits = 8 * mm.act_entry_bytes
         vbits = 8 * mm.output_value_bytes
-        vbusy = Signal()
-        vidx = Signal(range(k))
-        vreg = Signal(k * ebits)
-        vlast = Signal()
-        v_end = vbusy & (vidx == k - 1)
-        m.d.comb += self.val.ready.eq(~vbusy | v_end)
-        vtake = self.val.valid & self.val.ready & self.final
         y = self.val.payload.y
-        with m.If(self.start):
-            m.d.sync += vbusy.eq(0)
-        with m.Else():
-            with m.If(vbusy):
-                m.d.sync += vidx.eq(vidx + 1)
-                with m.If(v_end):
-                    m.d.sync += vbusy.eq(0)
-            with m.If(vtake):
-                ext = Cat(y, y[-1].replicate(max(0, vbits - len(y))))[:vbits]
-                m.d.sync += [vbusy.eq(1), vidx.eq(0), vreg.eq(ext), vlast.eq(self.val.payload.last)]
+        ext = Cat(Cat(y, y[-1].replicate(max(0, vbits - len(y))))[:vbits], Const(0, max(0, k * ebits - vbits)))
+        v_we = self.val.valid & self.final
+        v_pixel_end = Signal()             # a pixel's last value has its last entry written
+        if k > 1:
+            vidx = Signal(range(k))         # entry of the presented value written this cycle
+            v_last_entry = vidx == k - 1
+            m.d.comb += [self.val.ready.eq(v_last_entry),
+                         v_pixel_end.eq(v_we & v_last_entry & self.val.payload.last)]
+            with m.If(self.start):
+                m.d.sync += vidx.eq(0)
+            with m.Elif(v_we):
+                m.d.sync += vidx.eq(Mux(v_last_entry, 0, vidx + 1))
+            v_data = ext.word_select(vidx, ebits)
+        else:
+            m.d.comb += [self.val.ready.eq(1), v_pixel_end.eq(v_we & self.val.payload.last)]
+            v_data = ext[:ebits]
+        v_pixel_end_r = Signal()
+        m.d.sync += v_pixel_end_r.eq(v_pixel_end & ~self.start)
 
         # --- write port and progress ---------------------------------------------------------
         with m.If(self.final):
-            m.d.comb += [self.we.eq(vbusy), self.wdata.eq(vreg.word_select(vidx, ebits)),
-                         pixel_end.eq(v_end & vlast)]
+            m.d.comb += [self.we.eq(v_we), self.wdata.eq(v_data), pixel_end.eq(v_pixel_end_r)]
         with m.Else():
             m.d.comb += [self.we.eq(seg_we), self.wdata.eq(seg_data.as_value()), pixel_end.eq(seg_pixel_end)]
 
@@ -176,6 +184,6 @@ class ActWriter(wiring.Component):
                 m.d.sync += addr.eq(addr + 1)
             with m.If(pixel_end):
                 m.d.sync += pixels.eq(pixels + 1)
-                with m.If(pixels + 1 == self.out_pixels):
+                with m.If((pixels + 1)[:len(pixels)] == self.out_pixels[:len(pixels)]):
                     m.d.sync += done_r.eq(1)
         return m

@@ -15,9 +15,12 @@ from amaranth.sim import Simulator
 
 from hadahw.contract import Requant, binarize_int
 from hadahw.golden import max_pool
+from hadahw.params import AcceleratorConfig
 from hadahw.rtl.binarizer import Binarizer, RestoringDivider
+from hadahw.rtl.memories import EntryMemory
 from hadahw.rtl.pool import MaxPool
 from hadahw.rtl.requant import Requantizer
+from hadahw.rtl.serializer import Serializer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,6 +204,49 @@ def test_requant_latency():
     assert lat == dut.latency == 5
 
 
+def boundary_accs(shift, out_bits, amax):
+    """Accumulators whose ``round(acc / 2**shift)`` lands on and around the saturation limits,
+    on both sides of every rounding step (with M = 1, B = 0), plus the widest values."""
+    lim = (1 << out_bits) - 1
+    half = 1 << shift >> 1
+    targets = {0, 1, 2, lim - 1, lim, lim + 1, lim + 2, 2 * lim, 1 << 16, (1 << 16) + 1, 1 << 17, (1 << 17) - 1,
+               1 << 20, amax >> shift}
+    fracs = {0} if shift == 0 else {-half - 1, -half, -half + 1, -1, 0, 1, half - 1, half}
+    accs = {sign * t * (1 << shift) + f for t in targets for sign in (1, -1) for f in fracs}
+    accs |= {amax, -amax, -amax - 1, 0, 1, -1}
+    return sorted(a for a in accs if -amax - 1 <= a <= amax)
+
+
+@pytest.mark.parametrize("shift,out_bits", [(0, 1), (1, 1), (1, 8), (2, 5), (7, 16), (13, 12), (30, 3), (31, 16)])
+@pytest.mark.parametrize("saturate", [False, True])
+def test_requant_saturation_boundaries(shift, out_bits, saturate):
+    """The core's widths (29-bit accumulators, 16-bit M, 32-bit B, 46-bit y): values on and around
+    +-(2**n - 1), -2**n and every rounding step, and extreme M and B for the widest results."""
+    acc_w, mult_w, bias_w = 29, 16, 32
+    amax = (1 << (acc_w - 1)) - 1
+    rng = np.random.default_rng([shift, out_bits, saturate])
+    mult = np.array([1, -1, (1 << (mult_w - 1)) - 1, -(1 << (mult_w - 1))])
+    bias = np.array([0, 0, -(1 << (bias_w - 1)), (1 << (bias_w - 1)) - 1])
+    accs = boundary_accs(shift, out_bits, amax)
+    chan = [0] * len(accs) + [1] * len(accs)
+    acc = accs + accs
+    wide = rng.integers(-amax - 1, amax + 1, 24).tolist() + [amax, -amax - 1, 0, -1]
+    chan += [2] * len(wide) + [3] * len(wide)
+    acc += wide + wide
+    chan, acc = np.array(chan), np.array(acc, np.int64)
+    rq = Requant(multiplier=mult, bias=bias, shift=shift, saturate_bits=out_bits if saturate else None)
+    want = expected_requant(rq, chan, acc)
+    dut = Requantizer(acc_width=acc_w, channels=4, mult_width=mult_w, bias_width=bias_w, max_shift=31,
+                      max_out_bits=16)
+    assert dut.y_width == 46
+    cfg = {"shift": shift, "relu": 0, "saturate": int(saturate), "out_bits": out_bits}
+    beats = [{"channel": int(c), "acc": int(a), "first": 0, "last": 0} for c, a in zip(chan, acc)]
+    got = []
+    run_sim(dut, drive(dut.i_stream, beats, rng, p_idle=0.1, before=requant_load(dut, mult, bias, cfg)),
+            collect(dut.o_stream, len(beats), rng, got, p_stall=0.2))
+    assert [g["y"] for g in got] == want.tolist()
+
+
 # ---------------------------------------------------------------------------------------------
 # MaxPool
 
@@ -253,6 +299,77 @@ def test_maxpool_known_answer_and_latency():
         got.append((ctx.get(dut.o_stream.payload.value), n))
     run_sim(dut, tb)
     assert got == [(5, dut.latency)]
+
+
+@pytest.mark.parametrize("h,w,c,window", [(4, 4, 1, 2), (2, 2, 1, 2), (3, 3, 1, 3), (6, 3, 1, 3), (4, 6, 2, 2),
+                                          (2, 4, 3, 2)])
+def test_maxpool_single_channel_under_back_pressure(h, w, c, window):
+    """One channel: a beat reads the line-buffer entry its predecessor writes in the same cycle;
+    heavy back-pressure, idle input, and the extreme values (the most negative one included)."""
+    rng = np.random.default_rng([7, h, w, c, window])
+    acc_w = 12
+    lo, hi = -(1 << (acc_w - 1)), (1 << (acc_w - 1)) - 1
+    frames = [rng.integers(lo, hi + 1, (h, w, c)) for _ in range(2)]
+    frames.append(np.full((h, w, c), lo))
+    frames.append(rng.choice([lo, hi, 0, -1], (h, w, c)))
+    dut = MaxPool(acc_width=acc_w, max_width=8, max_channels=4, max_window=3)
+    beats = [{"value": int(v)} for f in frames for v in f.reshape(-1)]
+    want = np.concatenate([max_pool(f, window).reshape(-1) for f in frames])
+    got = []
+
+    async def configure(ctx):
+        ctx.set(dut.config, {"width": w, "channels": c, "window": window})
+    run_sim(dut, drive(dut.i_stream, beats, rng, p_idle=0.2, before=configure),
+            collect(dut.o_stream, len(want), rng, got, p_stall=0.7))
+    assert [g["value"] for g in got] == want.tolist()
+    chans = np.tile(np.arange(c), len(want) // c)
+    assert [(g["channel"], g["first"], g["last"]) for g in got] == [
+        (int(k), int(k == 0), int(k == c - 1)) for k in chans]
+
+
+@pytest.mark.parametrize("max_width,max_channels,pow2_addr", [(100, 5, False), (8, 5, True), (8, 4, True)])
+def test_maxpool_line_buffer_addressing(max_width, max_channels, pow2_addr):
+    """Both line-buffer address schemes: px * 2**channel_bits + c where that fits the same EBRs
+    as (max_width // 2) * max_channels entries, px * channels + c otherwise."""
+    dut = MaxPool(acc_width=16, max_width=max_width, max_channels=max_channels, max_window=2)
+    assert dut.pow2_addr == pow2_addr
+    assert dut.depth >= (max_width // 2) * max_channels
+    rng = np.random.default_rng([11, max_width, max_channels])
+    lim = (1 << 15) - 1
+    shapes = [(4, 6, max_channels), (2, 8, 3), (4, 4, 1), (2, 2, max_channels)]
+    frames = [(rng.integers(-lim, lim + 1, sh), window) for sh in shapes for window in (2, 1)]
+    beats = [{"value": int(v)} for f, _ in frames for v in f.reshape(-1)]
+    want = [max_pool(f, window).reshape(-1) for f, window in frames]
+    got = []
+    n = [0]
+
+    ends = np.cumsum([len(w) for w in want])
+
+    async def source(ctx):
+        for i, (f, window) in enumerate(frames):
+            ctx.set(dut.config, {"width": f.shape[1], "channels": f.shape[2], "window": window})
+            for v in f.reshape(-1):
+                while rng.random() < 0.2:
+                    await ctx.tick()
+                ctx.set(dut.i_stream.valid, 1)
+                ctx.set(dut.i_stream.payload, {"value": int(v)})
+                await ctx.tick().until(dut.i_stream.ready)
+                ctx.set(dut.i_stream.valid, 0)
+            while n[0] < ends[i]:
+                await ctx.tick()                     # the frame drains before the next config
+
+    async def sink(ctx):
+        total = sum(len(w) for w in want)
+        while len(got) < total:
+            ready = bool(rng.random() >= 0.4)
+            ctx.set(dut.o_stream.ready, ready)
+            _, _, valid, value = await ctx.tick().sample(dut.o_stream.valid, dut.o_stream.payload.value)
+            if valid and ready:
+                got.append(value)
+                n[0] += 1
+    assert len(beats) == sum(f.size for f, _ in frames)
+    run_sim(dut, source, sink)
+    assert got == np.concatenate(want).tolist()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,6 +558,138 @@ def test_binarizer_every_short_length(seed):
     run_sim(dut, drive(dut.i_stream, beats, rng, p_idle=0.2, before=configure),
             collect(dut.o_stream, len(want), rng, got))
     assert got == want
+
+
+@pytest.mark.parametrize("max_beta_a,beta_a,c", [(2, 1, 5), (2, 2, 7), (2, 2, 8), (4, 4, 9), (4, 2, 3)])
+def test_binarizer_small_segments_under_back_pressure(max_beta_a, beta_a, c):
+    """The core's binarizer (max_beta_a = beta_a = 2 by default), short final segments, heavy stalls."""
+    rng = np.random.default_rng([8, max_beta_a, beta_a, c])
+    y_bits = 8
+    lim = (1 << y_bits) - 1
+    y = rng.integers(-lim, lim + 1, (12, c))
+    y[0, :] = -lim
+    y[1, :] = lim
+    y[2, :] = rng.choice([-1, 0, 1], c)
+    dut = Binarizer(y_bits=y_bits, max_beta_a=max_beta_a)
+    want = expected_segments(y, beta_a)
+    got = []
+
+    async def configure(ctx):
+        ctx.set(dut.config, {"log2_beta_a": beta_a.bit_length() - 1})
+    run_sim(dut, drive(dut.i_stream, binarizer_beats(y), rng, p_idle=0.2, before=configure),
+            collect(dut.o_stream, len(want), rng, got, p_stall=0.6))
+    assert got == want
+
+
+# ---------------------------------------------------------------------------------------------
+# Serializer
+
+
+@pytest.mark.parametrize("rows,passes,last_rows,spacing", [(1, 5, 1, 1), (1, 3, 1, 2), (3, 4, 2, 1), (6, 3, 6, 2),
+                                                           (8, 2, 5, 1), (8, 3, 8, 2), (4, 1, 3, 1)])
+def test_serializer_order_and_spacing(rows, passes, last_rows, spacing):
+    """Every pass's rows in order with channel g*R + r and the pixel's first/last, at most one value
+    every ``spacing`` cycles, the pass released with its last value; random idle and stalls."""
+    rng = np.random.default_rng([9, rows, passes, last_rows, spacing])
+    cfg = AcceleratorConfig(rows=rows, lanes=8)
+    dut = Serializer(cfg, max_spacing=2)
+    pixels = 3
+    lim = (1 << (cfg.acc_bits - 1)) - 1
+    vals = rng.integers(-lim - 1, lim + 1, (pixels, passes, rows))
+    want = []
+    for p in range(pixels):
+        for g in range(passes):
+            n = last_rows if g == passes - 1 else rows
+            for r in range(n):
+                ch = g * rows + r
+                want.append({"value": int(vals[p, g, r]), "channel": ch, "first": int(ch == 0),
+                             "last": int(g == passes - 1 and r == n - 1)})
+    beats = [[int(v) for v in vals[p, g]] for p in range(pixels) for g in range(passes)]
+    got, cycles = [], []
+
+    async def configure(ctx):
+        ctx.set(dut.passes, passes)
+        ctx.set(dut.last_rows, last_rows)
+        ctx.set(dut.spacing, spacing)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+
+    async def sink(ctx):
+        names = ["value", "channel", "first", "last"]
+        n = 0
+        while len(got) < len(want):
+            ready = bool(rng.random() >= 0.3)
+            ctx.set(dut.o.ready, ready)
+            _, _, valid, *vals_ = await ctx.tick().sample(dut.o.valid, *(dut.o.payload[k] for k in names))
+            if valid and ready:
+                got.append(dict(zip(names, vals_)))
+                cycles.append(n)
+            n += 1
+            assert n < 10_000
+    run_sim(dut, drive(dut.i, beats, rng, before=configure), sink)
+    assert got == want
+    assert all(b - a >= spacing for a, b in zip(cycles, cycles[1:]))
+
+
+# ---------------------------------------------------------------------------------------------
+# EntryMemory
+
+
+@pytest.mark.parametrize("nbytes,stride,core_write", [(5, 8, True), (1, 1, False), (3, 4, False), (10, 16, True)])
+def test_entry_memory_host_and_core_ports(nbytes, stride, core_write):
+    """Host byte writes and reads (holes read 0, the byte held until the next read), core entry
+    reads that hold while ``core_re`` is low, and core entry writes."""
+    rng = np.random.default_rng([10, nbytes, stride])
+    depth = 6
+    dut = EntryMemory(nbytes=nbytes, depth=depth, stride=stride, core_write=core_write)
+    image = rng.integers(0, 256, (depth, nbytes))
+
+    async def tb(ctx):
+        for e in range(depth):                       # host writes, holes included (ignored)
+            for b in rng.permutation(stride):
+                ctx.set(dut.host_addr, e * stride + int(b))
+                ctx.set(dut.host_wdata, int(image[e, b]) if b < nbytes else int(rng.integers(0, 256)))
+                ctx.set(dut.host_we, 1)
+                await ctx.tick()
+        ctx.set(dut.host_we, 0)
+        for a in rng.permutation(depth * stride):    # host reads, in random order
+            a = int(a)
+            ctx.set(dut.host_addr, a)
+            ctx.set(dut.host_re, 1)
+            await ctx.tick()
+            ctx.set(dut.host_re, 0)
+            ctx.set(dut.host_addr, int(rng.integers(0, depth * stride)))
+            e, b = divmod(a, stride)
+            want = int(image[e, b]) if b < nbytes else 0
+            for _ in range(2):                       # held until the next read
+                assert ctx.get(dut.host_rdata) == want
+                await ctx.tick()
+        ctx.set(dut.core, 1)
+        entries = [sum(int(v) << (8 * i) for i, v in enumerate(row)) for row in image]
+        if core_write:
+            new = [sum(int(v) << (8 * i) for i, v in enumerate(rng.integers(0, 256, nbytes))) for _ in range(depth)]
+            for e in (1, 4):
+                ctx.set(dut.core_waddr, e)
+                ctx.set(dut.core_wdata, new[e])
+                ctx.set(dut.core_we, 1)
+                await ctx.tick()
+                entries[e] = new[e]
+            ctx.set(dut.core_we, 0)
+        ctx.set(dut.host_we, 1)                      # ignored while the core owns the ports
+        ctx.set(dut.host_addr, 0)
+        ctx.set(dut.host_wdata, 0x5A)
+        for e in rng.permutation(depth):
+            ctx.set(dut.core_raddr, int(e))
+            ctx.set(dut.core_re, 1)
+            await ctx.tick()
+            ctx.set(dut.core_re, 0)
+            ctx.set(dut.core_raddr, int(rng.integers(0, depth)))
+            for _ in range(2):
+                assert ctx.get(dut.core_rdata) == entries[e]
+                await ctx.tick()
+        ctx.set(dut.host_we, 0)
+    run_sim(dut, tb)
 
 
 # ---------------------------------------------------------------------------------------------
