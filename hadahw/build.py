@@ -105,10 +105,11 @@ _BETAS = (2, 4, 8, 16, 32, 64)
 
 #: Configuration defaults of a board build on a chip with SPRAM (UP5K), where they differ from
 #: :class:`AcceleratorConfig`'s: the weight store in the 1 Mbit of SPRAM (16384 entries: the digits
-#: HadaNets of ``python -m hadahw.train`` fit whole), pooling up to 64 channels of 8-wide maps, and
+#: HadaNets of ``python -m hadahw.train`` fit whole) with 1024 activation entries (their widest
+#: layers need ~640), pooling up to 64 channels of 8-wide maps, and
 #: reductions up to 1024 (two accumulator bits fewer than 4096).  ``--set FIELD=VALUE`` overrides each.
-SPRAM_BOARD_DEFAULTS = {"weight_memory": "spram", "weight_depth": 16384, "max_reduction": 1024,
-                        "max_channels": 64, "max_pool_width": 8}
+SPRAM_BOARD_DEFAULTS = {"weight_memory": "spram", "weight_depth": 16384, "act_depth": 1024,
+                        "max_reduction": 1024, "max_channels": 64, "max_pool_width": 8}
 
 
 class UsageError(ValueError):
