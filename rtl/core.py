@@ -204,22 +204,16 @@ class HadaCore(wiring.Component):
             ser.o.ready.eq(Mux(pooling, pool.i_stream.ready, rq.i_stream.ready)),
             pool.o_stream.ready.eq(rq.i_stream.ready),
         ]
+        def feed_requantizer(src):
+            p = src.payload
+            return [rq.i_stream.valid.eq(src.valid), rq.i_stream.payload.acc.eq(p.value),
+                    rq.i_stream.payload.channel.eq(d.param_addr + p.channel),
+                    rq.i_stream.payload.first.eq(p.first), rq.i_stream.payload.last.eq(p.last)]
+
         with m.If(pooling):
-            m.d.comb += [
-                rq.i_stream.valid.eq(pool.o_stream.valid),
-                rq.i_stream.payload.acc.eq(pool.o_stream.payload.value),
-                rq.i_stream.payload.channel.eq(d.param_addr + pool.o_stream.payload.channel),
-                rq.i_stream.payload.first.eq(pool.o_stream.payload.first),
-                rq.i_stream.payload.last.eq(pool.o_stream.payload.last),
-            ]
+            m.d.comb += feed_requantizer(pool.o_stream)
         with m.Else():
-            m.d.comb += [
-                rq.i_stream.valid.eq(ser.o.valid),
-                rq.i_stream.payload.acc.eq(ser.o.payload.value),
-                rq.i_stream.payload.channel.eq(d.param_addr + ser.o.payload.channel),
-                rq.i_stream.payload.first.eq(ser.o.payload.first),
-                rq.i_stream.payload.last.eq(ser.o.payload.last),
-            ]
+            m.d.comb += feed_requantizer(ser.o)
         # Requantizer -> Binarizer -> writer, or (final layer) -> writer.
         y = rq.o_stream.payload.y
         m.d.comb += [
