@@ -31,7 +31,20 @@ for up to :data:`IDLE_SLEEP_S` of wall time per byte time instead of spinning th
 
 Parameters (:func:`hadahw.sim.tbutil.tb_params`): ``divisor`` (cycles per bit, >= 4),
 ``ready_file``, ``stop_file``, ``host_pid``, ``max_wall_s`` (default 3600), ``period_ns``
-(clock period, default 10).
+(clock period, default 10), ``wire_log`` (optional path, off by default).
+
+Wire log (instrumentation for ``bench/link_bench.py``).  With ``wire_log`` set, the bench records
+the simulated time of every byte crossing the pins and of every edge of ``busy``, and writes them
+as one JSON object to that path when it stops (before its final checks, so a failed run leaves its
+log too)::
+
+    {"period_ps": P, "divisor": D,
+     "rx": [[start_ps, end_ps, byte], ...],   # host -> device: start-bit edge, end of the stop bit
+     "tx": [[start_ps, byte], ...],           # device -> host: start-bit edge (good bytes only)
+     "busy": [[t_ps, level], ...]}            # every change of the core's busy output
+
+``rx`` times are when the bench drove the line (falling clock edges), ``tx`` times when the
+design's registered ``tx`` changed (rising clock edges).  Without ``wire_log`` nothing is recorded.
 """
 
 from __future__ import annotations
@@ -100,7 +113,9 @@ class _Bridge:
         self.tx_framing_errors = 0
         self.tx_glitches = 0
         self._start: int | None = None        # falling edge that began the current tx frame
+        self._frame_start = 0                 # the same, of the frame being decoded
         self._edges: list[tuple[int, int]] = []  # (time, level after it) inside the frame
+        self.tx_log: list[list[int]] | None = None  # [start_ps, byte] per good tx byte (wire log only)
 
     # -- pty ----------------------------------------------------------------------------------
 
@@ -158,7 +173,7 @@ class _Bridge:
             while k + 1 < len(edges) and edges[k + 1][0] <= ts:
                 k += 1
             bits.append(edges[k][1])
-        self._start = None
+        self._frame_start, self._start = self._start, None
         if bits[0]:
             self.tx_glitches += 1
             return
@@ -169,6 +184,8 @@ class _Bridge:
             return
         self.outbox.append(value)
         self.tx_bytes += 1
+        if self.tx_log is not None:
+            self.tx_log.append([self._frame_start, value])
         self.poll()
 
 
@@ -177,6 +194,22 @@ async def _watch_tx(dut, bridge: _Bridge) -> None:
     while True:
         await change
         bridge.tx_edge(_now_ps(), int(_bit(dut.tx)))
+
+
+async def _watch_busy(dut, log: list) -> None:
+    """Append ``[t_ps, level]`` to ``log`` at every change of ``busy`` (wire log only)."""
+    change = ValueChange(dut.busy)
+    while True:
+        await change
+        log.append([_now_ps(), int(_bit(dut.busy))])
+
+
+def _write_wire_log(path: str, *, period_ps: int, divisor: int, rx: list, tx: list, busy: list) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"period_ps": period_ps, "divisor": divisor, "rx": rx, "tx": tx, "busy": busy}, f,
+                  separators=(",", ":"))
+    os.replace(tmp, path)
 
 
 @cocotb.test()
@@ -188,6 +221,7 @@ async def uart_bridge(dut):
     stop_file = str(params["stop_file"])
     host_pid = int(params["host_pid"])
     max_wall = float(params.get("max_wall_s", 3600.0))
+    wire_log = params.get("wire_log")  # path or None: see "Wire log" in the module docstring
     period_ps = int(params.get("period_ns", 10)) * 1000
     assert divisor >= 4 and period_ps % 2000 == 0, (divisor, period_ps)
     bit_ps = divisor * period_ps
@@ -211,6 +245,12 @@ async def uart_bridge(dut):
     await FallingEdge(dut.clk)  # from here on every wait is whole bit times: rx moves on falling edges
     await Timer(bit_ps * 2, unit="ps")  # line idle for two bit times after reset
 
+    rx_log: list[list[int]] | None = None
+    busy_log: list[list[int]] = []
+    if wire_log:
+        rx_log, bridge.tx_log = [], []
+        busy_log.append([_now_ps(), int(_bit(dut.busy))])
+        cocotb.start_soon(_watch_busy(dut, busy_log))
     cocotb.start_soon(_watch_tx(dut, bridge))
     _publish(ready_file, {"pty": os.ttyname(slave), "pid": os.getpid(), "divisor": divisor,
                           "period_ps": period_ps})
@@ -223,7 +263,9 @@ async def uart_bridge(dut):
     while True:
         if bridge.inbox:
             # One 8N1 frame, LSB first: start 0, data, stop 1; one wait per run of equal bits.
-            frame = (bridge.inbox.pop(0) << 1) | 0x200
+            value = bridge.inbox.pop(0)
+            frame = (value << 1) | 0x200
+            t_byte = _now_ps()
             i = 0
             while i < 10:
                 level = (frame >> i) & 1
@@ -234,6 +276,8 @@ async def uart_bridge(dut):
                 await run_t[run]
                 i += run
             bridge.rx_bytes += 1
+            if rx_log is not None:
+                rx_log.append([t_byte, _now_ps(), value])
             idle = 0
             bridge.tx_flush(_now_ps())
             if not bridge.inbox:
@@ -261,6 +305,9 @@ async def uart_bridge(dut):
                   bridge.tx_glitches)
     os.close(master)
     os.close(slave)
+    if wire_log:
+        _write_wire_log(wire_log, period_ps=period_ps, divisor=divisor, rx=rx_log, tx=bridge.tx_log,
+                        busy=busy_log)
     assert reason is None, f"tb_uart_bridge stopped without the stop file: {reason}"
     assert bridge.tx_framing_errors == 0 and bridge.tx_glitches == 0, \
         f"{bridge.tx_framing_errors} tx bytes without a stop bit, {bridge.tx_glitches} glitches on tx"

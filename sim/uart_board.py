@@ -163,6 +163,11 @@ class SimulatedBoard:
         Seconds to wait for the simulation to end after the stop request before killing it.
     max_wall_s : float
         The bench stops by itself (and fails) after this many seconds.
+    wire_log : path, optional
+        Instrumentation, off by default: when the simulation stops, the bench writes the simulated
+        time of every byte on ``rx``/``tx`` and of every ``busy`` edge to this file (JSON; format
+        in :mod:`hadahw.sim.tb_uart_bridge`, "Wire log").  The file is the caller's: it is
+        written when the context is left (also after a failure) and never deleted.
 
     Attributes (while running)
     --------------------------
@@ -180,7 +185,7 @@ class SimulatedBoard:
 
     def __init__(self, config: AcceleratorConfig, *, divisor: int = DEFAULT_DIVISOR, core: str = "real",
                  sim: str | None = None, build_root=None, start_timeout: float = 1800.0, stop_timeout: float = 30.0,
-                 max_wall_s: float = 3600.0):
+                 max_wall_s: float = 3600.0, wire_log=None):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {type(config).__name__}")
         if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 4:
@@ -193,6 +198,7 @@ class SimulatedBoard:
         self.start_timeout = float(start_timeout)
         self.stop_timeout = float(stop_timeout)
         self.max_wall_s = float(max_wall_s)
+        self.wire_log = None if wire_log is None else Path(wire_log).resolve()
         self.port: str | None = None
         self.start_seconds: float | None = None
         self.pid: int | None = None
@@ -254,6 +260,8 @@ class SimulatedBoard:
                 "max_wall_s": self.max_wall_s,
             },
         }
+        if self.wire_log is not None:  # only when asked: the default bench records nothing
+            job["params"]["wire_log"] = str(self.wire_log)
         job_file = self._tmp / "job.json"
         job_file.write_text(json.dumps(job))
         self.log_path = self._tmp / "board.log"
