@@ -18,6 +18,16 @@ the hardware differs from the golden model (it must not: exit status 1 otherwise
 where, the cycles the device measured against :func:`hadahw.program.predict_cycles`, and the
 wall time per inference split into transfer and compute.
 
+It also models the board: the latency per inference (compute = measured cycles / clock; transfer =
+the bytes of one inference's requests and responses, with a single STATUS poll, at 10 bits per byte
+over the UART's baud rate) and the energy per inference (:func:`hadahw.energy.estimate_energy`, an
+estimate for the iCE40 UP5K).  Their inputs: the resources, clock and baud rate of the build's
+``report.json`` when one for the same configuration sits next to the ``--config`` file (measured by
+nextpnr), otherwise the resource model's estimate (:data:`hadahw.build.MODEL`) of the configuration
+in use at :data:`hadahw.build.DEFAULT_CLOCK_MHZ` (from the PLL) and ``--baud``.  A configuration
+that does not fit the UP5K gets no energy figure (``energy_note`` says why).  :func:`run_checkpoint`
+is the function form of the command.
+
 The accelerator configuration: ``--config FILE`` (an ``AcceleratorConfig`` JSON, e.g. the
 ``config.json`` that ``python -m hadahw.build`` writes; with ``--port`` the board must report the
 same); otherwise, with ``--port``, the configuration the board reports; with ``--sim``,
@@ -45,7 +55,8 @@ from hadahw.golden import QLayer
 from hadahw.params import AcceleratorConfig
 from hadahw.train import _int_arg  # the same integer flag parser as the training CLI
 
-__all__ = ["RunReport", "default_config", "main", "EXIT_OK", "EXIT_MISMATCH", "EXIT_USAGE", "EXIT_DEVICE"]
+__all__ = ["RunReport", "default_config", "board_figures", "run_checkpoint", "main", "EXIT_OK", "EXIT_MISMATCH",
+           "EXIT_USAGE", "EXIT_DEVICE", "UART_BITS_PER_BYTE"]
 
 EXIT_OK = 0
 EXIT_MISMATCH = 1
@@ -55,6 +66,8 @@ EXIT_DEVICE = 3
 DEFAULT_BAUD = 1_000_000
 #: Test images run by default with --sim (the simulated UART moves ~2 KB/s).
 DEFAULT_SIM_IMAGES = 20
+#: Bits on the line per byte of the host link: start, 8 data, stop (hadahw.rtl.uart is 8N1).
+UART_BITS_PER_BYTE = 10
 
 
 class UsageError(ValueError):
@@ -98,6 +111,12 @@ class RunReport:
     load_s: float
     wall_s: float
     link: dict = dataclasses.field(default_factory=dict)  # LinkStats of the session
+    # The board model (module docstring): per inference, modeled at hardware["clock_mhz"] / ["baud"].
+    bytes_per_inference: dict = dataclasses.field(default_factory=dict)  # {"sent", "received"}, one STATUS poll
+    hardware: dict = dataclasses.field(default_factory=dict)  # source, resources, clock_mhz, pll, baud
+    latency_s_per_inference: dict = dataclasses.field(default_factory=dict)  # {"compute", "transfer", "total"}
+    energy_uj_per_inference: dict | None = None  # {"total", "low", "high", "compute", ..., "method"}
+    energy_note: str = ""         # why there is no energy figure ("" when there is one)
 
     @property
     def ok(self) -> bool:
@@ -134,6 +153,21 @@ class RunReport:
             f"time per inference: transfer {1e3 * self.transfer_s:.1f} ms, compute/wait {1e3 * self.compute_s:.1f} "
             f"ms, host layers {1e3 * self.host_s:.1f} ms; load {self.load_s:.2f} s once; total {self.wall_s:.1f} s",
         ]
+        hw, lat, b = self.hardware, self.latency_s_per_inference, self.bytes_per_inference
+        if hw and lat:
+            lines.append(
+                f"hardware latency per inference at {hw['clock_mhz']:g} MHz, {hw['baud']} baud: compute "
+                f"{1e3 * lat['compute']:.3f} ms, transfer {1e3 * lat['transfer']:.3f} ms ({b['sent']:.0f} B sent, "
+                f"{b['received']:.0f} B received), total {1e3 * lat['total']:.3f} ms (modeled; resources "
+                f"{hw['source']}: {hw['resources'].get('lc')} LC)")
+        e = self.energy_uj_per_inference
+        if e is not None:
+            lines.append(
+                f"estimated energy per inference: {e['total']:.3g} uJ (range {e['low']:.3g}-{e['high']:.3g}): compute "
+                f"{e['compute']:.3g} uJ at {e['power_mw']:.3g} mW + idle during transfer {e['transfer']:.3g} uJ "
+                f"(iCE40 UP5K model, hadahw.energy)")
+        elif self.energy_note:
+            lines.append(f"estimated energy per inference: none ({self.energy_note})")
         return "\n".join(lines)
 
 
@@ -195,6 +229,109 @@ def _layer_rows(layers: Sequence[QLayer], placement: Sequence[str]) -> list[dict
 
 
 # ---------------------------------------------------------------------------------------------
+# The board model: resources, clock, latency, energy
+
+
+def _build_report(config_path: str | None, cfg: AcceleratorConfig) -> tuple[dict | None, str]:
+    """``(report, "")`` for a usable ``report.json`` next to ``config_path``, else ``(None, why not)``."""
+    if not config_path:
+        return None, ""
+    path = Path(config_path).resolve().parent / "report.json"
+    if not path.is_file():
+        return None, ""
+    try:
+        rep = json.loads(path.read_text())
+        lc = rep["resources"]["LC"]["used"]
+        usable = (rep.get("config") == cfg.to_dict() and rep.get("status") in ("ok", "timing_failed")
+                  and isinstance(lc, int) and rep.get("target_mhz"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"{path} unreadable"
+    if not usable:
+        return None, f"{path} is not a finished build of this configuration"
+    return rep, ""
+
+
+def board_figures(cfg: AcceleratorConfig, config_path: str | None = None, baud: int = DEFAULT_BAUD) -> dict:
+    """Resources, clock and baud rate the latency and energy are modeled with.
+
+    The measured ones of a ``report.json`` next to ``config_path`` (a ``python -m hadahw.build``
+    folder) when it is a finished build of ``cfg``; otherwise :data:`hadahw.build.MODEL`'s estimate
+    of ``cfg``, :data:`hadahw.build.DEFAULT_CLOCK_MHZ` and ``baud``.  Returns ``{"source",
+    "resources": {"lc", "ebr", "spram", "dsp"}, "clock_mhz", "pll", "baud"}``.
+    """
+    from hadahw.boards import get_board
+    from hadahw.build import DEFAULT_BOARD, DEFAULT_CLOCK_MHZ, MODEL
+    rep, why = _build_report(config_path, cfg)
+    if rep is not None:
+        res = {k.lower(): v.get("used") for k, v in rep["resources"].items() if k in ("LC", "EBR", "SPRAM", "DSP")}
+        clock = float(rep["target_mhz"])
+        pll = bool((rep.get("clock") or {}).get("pll"))
+        baud = int((rep.get("uart") or {}).get("baud") or baud)
+        source = f"measured (nextpnr, {Path(config_path).resolve().parent / 'report.json'})"
+    else:
+        res = MODEL.estimate(cfg)
+        clock = DEFAULT_CLOCK_MHZ
+        pll = clock != get_board(DEFAULT_BOARD).clock_mhz  # any other clock comes from the PLL
+        source = "estimated (hadahw.build.MODEL)" + (f"; {why}" if why else "")
+    return {"source": source, "resources": res, "clock_mhz": clock, "pll": pll, "baud": int(baud)}
+
+
+def _board_model(hw: dict, cycles: float, sent: float, received: float) -> tuple[dict, dict | None, str]:
+    """``(latency_s, energy_uj or None, note)`` per inference for :func:`board_figures` ``hw``."""
+    from hadahw.energy import UP5K_LC, estimate_energy
+    compute = cycles / (hw["clock_mhz"] * 1e6)
+    transfer = (sent + received) * UART_BITS_PER_BYTE / hw["baud"]
+    latency = {"compute": compute, "transfer": transfer, "total": compute + transfer}
+    lc = hw["resources"].get("lc")
+    if isinstance(lc, int) and lc > UP5K_LC:
+        return latency, None, f"{lc} logic cells do not fit the iCE40 UP5K ({UP5K_LC}); the model is for that chip"
+    try:
+        e = estimate_energy(hw["resources"], hw["clock_mhz"], int(round(cycles)), transfer_s=transfer, pll=hw["pll"])
+    except ValueError as exc:
+        return latency, None, str(exc)
+    uj = {"total": 1e6 * e.total_j, "low": 1e6 * e.total_low_j, "high": 1e6 * e.total_high_j,
+          "compute": 1e6 * e.compute_j, "compute_low": 1e6 * e.compute_low_j, "compute_high": 1e6 * e.compute_high_j,
+          "transfer": 1e6 * e.transfer_j, "power_mw": e.power_mw, "power_low_mw": e.power_low_mw,
+          "power_high_mw": e.power_high_mw, "idle_power_mw": e.idle_power_mw, "lc": e.lc, "pll": e.pll,
+          "method": e.method}
+    return latency, uj, ""
+
+
+class _TrafficMeter:
+    """Bytes on the wire per request of a Link, by command (wraps the instance's ``transact``).
+
+    :meth:`inference` gives the bytes of the requests since :meth:`start` as they would be on a
+    board: every request but STATUS, plus the last STATUS (the one that saw the run finished).  The
+    polls before it depend on how fast the host polls and the device runs (many on the simulator);
+    on a board they overlap the compute time.  Retransmissions are counted (they cost line time).
+    """
+
+    def __init__(self, link):
+        self.link = link
+        self.log: list[tuple[int, int, int]] = []
+        inner = link.transact
+
+        def transact(cmd, payload=b""):
+            st = link.stats
+            s0, r0 = st.bytes_sent, st.bytes_received
+            try:
+                return inner(cmd, payload)
+            finally:
+                self.log.append((int(cmd), st.bytes_sent - s0, st.bytes_received - r0))
+
+        link.transact = transact
+
+    def start(self) -> None:
+        self.log = []
+
+    def inference(self) -> tuple[int, int]:
+        from hadahw.protocol import Command
+        polls = [e for e in self.log if e[0] == Command.STATUS]
+        kept = [e for e in self.log if e[0] != Command.STATUS] + polls[-1:]
+        return sum(e[1] for e in kept), sum(e[2] for e in kept)
+
+
+# ---------------------------------------------------------------------------------------------
 # CLI
 
 
@@ -229,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "of a configuration takes a minute or more)")
     where.add_argument("--port", metavar="DEV", help="serial port of the board (e.g. /dev/ttyUSB1) or a pyserial URL")
     p.add_argument("--baud", type=_int_arg(1, "a positive integer"), default=DEFAULT_BAUD,
-                   help=f"serial baud rate (default {DEFAULT_BAUD}, as python -m hadahw.build --baud; ignored with --sim)")
+                   help=f"serial baud rate (default {DEFAULT_BAUD}, as python -m hadahw.build --baud); with --sim only "
+                        f"the rate the modeled transfer time assumes")
     p.add_argument("--config", metavar="JSON_FILE", help="AcceleratorConfig JSON, e.g. the config.json of a "
                    "python -m hadahw.build output folder (default: the board's own with --port; with --sim the "
                    "defaults sized for the network)")
@@ -268,15 +406,37 @@ def _note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run(args: argparse.Namespace) -> RunReport:
-    """Do the work of :func:`main` for parsed ``args``; raises UsageError, link and device errors."""
+def run_checkpoint(checkpoint, config: AcceleratorConfig | str | Path | None = None, *, images=DEFAULT_SIM_IMAGES,
+                   seed: int = 0, port: str | None = None, baud: int = DEFAULT_BAUD) -> RunReport:
+    """Function form of ``python -m hadahw.run``: run checkpoint file ``checkpoint`` and return the report.
+
+    On the simulated board unless ``port`` is given.  ``config``: an :class:`AcceleratorConfig`, a
+    JSON file as ``--config`` (a ``report.json`` beside it is used as the command does), or None
+    (the command's default).  ``images``: a positive integer or ``"all"``.  Raises UsageError
+    (ValueError) for bad arguments or a network that does not fit, and the link/device errors of
+    :func:`main` (``hadahw.sw.link.LinkError``, ``PipeClosed``, ``SimulationError``).
+    """
+    if images != "all" and (isinstance(images, bool) or not isinstance(images, int) or images < 1):
+        raise UsageError(f"images must be a positive integer or 'all', not {images!r}")
+    path = str(config) if isinstance(config, (str, Path)) else None
+    args = argparse.Namespace(model=str(checkpoint), sim=port is None, port=port, baud=int(baud), config=path,
+                              images=images, seed=int(seed), json=False)
+    return run(args, config=config if isinstance(config, AcceleratorConfig) else None)
+
+
+def run(args: argparse.Namespace, config: AcceleratorConfig | None = None) -> RunReport:
+    """Do the work of :func:`main` for parsed ``args``; raises UsageError, link and device errors.
+
+    ``config``, when given, is used instead of ``args.config``'s file.
+    """
     import torch
 
     from hadahw.lower_net import _input_act, golden_predict, lower_network_full
     from hadahw.train import load_split
 
     t_start = time.perf_counter()
-    cfg = _load_config(args.config) if args.config else None
+    cfg = config if config is not None else (_load_config(args.config) if args.config else None)
+    cfg_flag = "--config" if args.config else ("config" if config is not None else None)
     model, meta = _load_model(args.model)
     split = load_split()
     n_test = len(split.y_test)
@@ -300,7 +460,7 @@ def run(args: argparse.Namespace) -> RunReport:
                              f"--config") from None
     hyb = None
     if cfg is not None:
-        hyb = _hybrid(layers, cfg, "--config" if args.config else None)
+        hyb = _hybrid(layers, cfg, cfg_flag)
 
     with torch.no_grad():
         float_pred = model(x).argmax(1).numpy()
@@ -313,8 +473,8 @@ def run(args: argparse.Namespace) -> RunReport:
         try:
             acc = Accelerator(link, expect_config=cfg)
         except IncompatibleDevice as e:
-            if args.config and args.port:  # the board is not the one --config describes
-                raise UsageError(f"--config: {e}") from None
+            if cfg_flag and args.port:  # the board is not the one --config describes
+                raise UsageError(f"{cfg_flag}: {e}") from None
             raise
         if hyb is None:  # --port without --config: the board's own configuration
             cfg = acc.config
@@ -322,11 +482,14 @@ def run(args: argparse.Namespace) -> RunReport:
         placement = ", ".join(f"{i}:{w}" for i, w in enumerate(hyb.placement))
         _note(f"layers {placement}; loading {len(hyb.program.weight_image) + len(hyb.program.param_image)} bytes")
         acc.load(hyb.program, progress=sys.stderr.isatty())
-        cycles, transfer, compute, host = [], [], [], []
+        cycles, transfer, compute, host, wire = [], [], [], [], []
         hw = np.zeros_like(golden)
+        meter = _TrafficMeter(link)
 
         def device(act):
+            meter.start()
             res = acc.infer(act)
+            wire.append(meter.inference())
             cycles.append(res.cycles)
             transfer.append(res.transfer_s)
             compute.append(res.compute_s)
@@ -341,6 +504,9 @@ def run(args: argparse.Namespace) -> RunReport:
 
     hw_pred = hw.argmax(1)
     gold_pred = golden.argmax(1)
+    board = board_figures(cfg, args.config, args.baud)
+    sent, received = (float(v) for v in np.mean(wire, axis=0))
+    latency, energy, note = _board_model(board, float(np.mean(cycles)), sent, received)
     return RunReport(
         model=meta.get("model", "?"), variant=meta.get("variant", "?"), checkpoint=str(args.model),
         target="sim" if args.sim else "port", device=device_name, config=cfg.to_dict(), seed=args.seed,
@@ -351,7 +517,8 @@ def run(args: argparse.Namespace) -> RunReport:
         values_compared=int(golden.size), cycles_predicted=int(hyb.program.predict_cycles()),
         cycles_measured=[int(c) for c in cycles], transfer_s=float(np.mean(transfer)),
         compute_s=float(np.mean(compute)), host_s=float(np.mean(host)), load_s=acc.load_s,
-        wall_s=time.perf_counter() - t_start, link=stats)
+        wall_s=time.perf_counter() - t_start, link=stats, bytes_per_inference={"sent": sent, "received": received},
+        hardware=board, latency_s_per_inference=latency, energy_uj_per_inference=energy, energy_note=note)
 
 
 def _hybrid(layers, cfg: AcceleratorConfig, flag: str | None, device_name: str | None = None):

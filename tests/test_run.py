@@ -18,8 +18,10 @@ import pytest
 import torch
 
 from hadahw import run as run_cli
+from hadahw.build import MODEL
 from hadahw.lower_net import golden_predict, lower_network_full
 from hadahw.params import AcceleratorConfig
+from hadahw.protocol import Command, encode_frame
 from hadahw.sw.accelerator import Accelerator
 from hadahw.sw.devmodel import DevModelPipe
 from hadahw.sw.link import Link
@@ -127,8 +129,11 @@ def test_port_that_does_not_exist(files, capsys):
 
 
 @contextlib.contextmanager
-def fake_board(monkeypatch, corrupt=None):
-    """Replace the device of ``hadahw.run`` by the golden stand-in (records what is loaded)."""
+def fake_board(monkeypatch, corrupt=None, **kw):
+    """Replace the device of ``hadahw.run`` by the golden stand-in (records what is loaded).
+
+    ``kw`` go to the stand-in's DevModel (e.g. ``run_polls``: STATUS polls a run stays busy for).
+    """
     holder = {"corrupt": corrupt}
     orig_load = Accelerator.load
 
@@ -138,7 +143,7 @@ def fake_board(monkeypatch, corrupt=None):
 
     @contextlib.contextmanager
     def device(args, cfg):
-        link = Link(DevModelPipe(golden_device(CFG, holder)), timeout=0.05)
+        link = Link(DevModelPipe(golden_device(CFG, holder, **kw)), timeout=0.05)
         yield link, "fake"
 
     monkeypatch.setattr(Accelerator, "load", load)
@@ -165,6 +170,112 @@ def test_report_against_golden_stand_in(files, capsys, monkeypatch):
     with fake_board(monkeypatch):
         _, out2, _ = cli(capsys, "--model", files["ckpt"], "--port", "fake", "--images", "12", "--seed", "4", "--json")
     assert json.loads(out2)["image_indices"] != rep["image_indices"]
+    # the board model: no report.json, so the resource model's estimate at 18 MHz and --baud
+    hw = rep["hardware"]
+    assert hw["source"].startswith("estimated") and hw["clock_mhz"] == 18.0 and hw["baud"] == 1_000_000
+    assert hw["resources"] == MODEL.estimate(CFG) and hw["pll"] is True
+    lat, b = rep["latency_s_per_inference"], rep["bytes_per_inference"]
+    assert lat["compute"] == pytest.approx(rep["cycles_predicted"] / 18e6, rel=1e-12)
+    assert lat["transfer"] == pytest.approx((b["sent"] + b["received"]) * 10 / 1e6, rel=1e-12)
+    assert lat["total"] == pytest.approx(lat["compute"] + lat["transfer"], rel=1e-12)
+    # the input goes out and the 10 logits come back (wide values: 10 x entries_per_output entries)
+    prog = holder["program"]
+    assert b["sent"] > prog.input_length and b["received"] > prog.output_length
+    # the 4x16 test configuration is larger than a UP5K: no energy figure, and the report says why
+    assert hw["resources"]["lc"] > 5280
+    assert rep["energy_uj_per_inference"] is None and "do not fit the iCE40 UP5K" in rep["energy_note"]
+
+
+def test_transfer_bytes_exclude_extra_status_polls(files, capsys, monkeypatch):
+    """The modeled transfer counts one STATUS poll per inference, however long the device stays busy."""
+    reps = {}
+    for polls in (1, 4):
+        with fake_board(monkeypatch, run_polls=polls):
+            code, out, err = cli(capsys, "--model", files["ckpt"], "--port", "fake", "--images", "5", "--json")
+        assert code == 0, err
+        reps[polls] = json.loads(out)
+    assert reps[1]["bytes_per_inference"] == reps[4]["bytes_per_inference"]
+    # ... while the link really carried 3 more STATUS requests per inference
+    status_request = len(encode_frame(Command.STATUS, 0, b""))
+    assert reps[4]["link"]["bytes_sent"] - reps[1]["link"]["bytes_sent"] == 5 * 3 * status_request
+    extra_rx = reps[4]["link"]["bytes_received"] - reps[1]["link"]["bytes_received"]
+    assert extra_rx > 0 and extra_rx % (5 * 3) == 0
+    # with a single poll the modeled bytes are the inferences' share of the session (the rest: IDENTIFY, load)
+    one = reps[1]
+    assert 0 < 5 * one["bytes_per_inference"]["sent"] < one["link"]["bytes_sent"]
+    assert 0 < 5 * one["bytes_per_inference"]["received"] < one["link"]["bytes_received"]
+
+
+def _write_build(folder, cfg: AcceleratorConfig, **over) -> str:
+    """A finished build folder as python -m hadahw.build leaves it (config.json + report.json)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(cfg.to_json(indent=2, sort_keys=True))
+    report = {"board": "icebreaker", "config": cfg.to_dict(), "status": "ok", "target_mhz": 12.0,
+              "fmax_mhz": 20.5, "clock": {"requested_mhz": 12.0, "achieved_mhz": 12.0, "pll": None},
+              "uart": {"baud": 115200, "divisor": 104, "error": 0.0016},
+              "resources": {"LC": {"used": 3000, "available": 5280, "estimated": 3100},
+                            "EBR": {"used": 12, "available": 30, "estimated": 12},
+                            "SPRAM": {"used": 0, "available": 4, "estimated": 0},
+                            "DSP": {"used": 3, "available": 8, "estimated": 3},
+                            "IO": {"used": 4, "available": None}, "PLL": {"used": 0, "available": None}}}
+    report.update(over)
+    (folder / "report.json").write_text(json.dumps(report))
+    return str(folder / "config.json")
+
+
+def test_energy_from_a_build_report(files, capsys, monkeypatch):
+    """A report.json beside --config supplies measured LC, clock (no PLL) and baud; the energy follows."""
+    cfg_path = _write_build(files["dir"] / "build-ok", CFG)
+    with fake_board(monkeypatch):
+        code, out, err = cli(capsys, "--model", files["ckpt"], "--port", "fake", "--config", cfg_path, "--images",
+                             "4", "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    hw = rep["hardware"]
+    assert hw["source"].startswith("measured") and "report.json" in hw["source"]
+    assert hw["resources"] == {"lc": 3000, "ebr": 12, "spram": 0, "dsp": 3}
+    assert (hw["clock_mhz"], hw["pll"], hw["baud"]) == (12.0, False, 115200)
+    b, cyc = rep["bytes_per_inference"], rep["cycles_predicted"]
+    t_c, t_x = cyc / 12e6, (b["sent"] + b["received"]) * 10 / 115200
+    assert rep["latency_s_per_inference"]["transfer"] == pytest.approx(t_x, rel=1e-12)
+    # by hand, from the constants hadahw.energy cites: 85.6 uA x 1.2 V static, 52 pJ/cycle clock,
+    # sqrt(0.014 x 0.2) pJ per LC per cycle computing, 0.014 idle
+    p_static = 85.6e-6 * 1.2
+    compute = p_static * t_c + cyc * (52e-12 + 3000 * (0.014 * 0.2) ** 0.5 * 1e-12)
+    idle = t_x * (p_static + 12e6 * (52e-12 + 3000 * 0.014e-12))
+    e = rep["energy_uj_per_inference"]
+    assert e["compute"] == pytest.approx(1e6 * compute, rel=1e-9)
+    assert e["transfer"] == pytest.approx(1e6 * idle, rel=1e-9)
+    assert e["total"] == pytest.approx(1e6 * (compute + idle), rel=1e-9)
+    assert e["low"] < e["total"] < e["high"] and rep["energy_note"] == ""
+    # the human report carries both lines
+    with fake_board(monkeypatch):
+        code, out, err = cli(capsys, "--model", files["ckpt"], "--port", "fake", "--config", cfg_path, "--images", "2")
+    assert code == 0, err
+    assert re.search(r"^hardware latency per inference at 12 MHz, 115200 baud: compute [\d.]+ ms, transfer", out, re.M)
+    assert re.search(r"^estimated energy per inference: [\d.e+-]+ uJ \(range [\d.e+-]+-[\d.e+-]+\)", out, re.M)
+
+
+def test_build_report_of_another_configuration_is_ignored(files, capsys, monkeypatch):
+    other = AcceleratorConfig(**{**netgen.SYSTEM_CONFIG_KW, "act_depth": 4096})
+    cfg_path = _write_build(files["dir"] / "build-other", CFG, config=other.to_dict())
+    with fake_board(monkeypatch):
+        code, out, err = cli(capsys, "--model", files["ckpt"], "--port", "fake", "--config", cfg_path, "--images",
+                             "2", "--json")
+    assert code == 0, err
+    hw = json.loads(out)["hardware"]
+    assert hw["source"].startswith("estimated") and "not a finished build of this configuration" in hw["source"]
+    assert hw["clock_mhz"] == 18.0 and hw["resources"] == MODEL.estimate(CFG)
+
+
+def test_run_checkpoint_function(files, monkeypatch):
+    with fake_board(monkeypatch) as holder:
+        rep = run_cli.run_checkpoint(files["ckpt"], CFG, images=3, seed=1, port="fake")
+    assert isinstance(rep, run_cli.RunReport) and rep.ok and rep.images == 3 and holder["runs"] == 3
+    assert rep.config == CFG.to_dict() and rep.target == "port"
+    for bad in (0, -2, "some", True):
+        with pytest.raises(ValueError, match=r"images must be a positive integer or 'all'"):
+            run_cli.run_checkpoint(files["ckpt"], CFG, images=bad, port="fake")
 
 
 def test_mismatch_exits_1(files, capsys, monkeypatch):
@@ -195,5 +306,10 @@ def test_sim_run(files, capsys):
     want = expected_accuracies(files["ckpt"], rep["image_indices"])
     assert rep["golden_accuracy"] == want["golden_accuracy"] == rep["hardware_accuracy"]
     assert rep["transfer_s"] > 0 and rep["compute_s"] > 0 and rep["load_s"] > 0
+    # the board model rides along (no report.json beside the config: the estimate at 18 MHz, 1 Mbaud)
+    lat, b = rep["latency_s_per_inference"], rep["bytes_per_inference"]
+    assert lat["compute"] == pytest.approx(rep["cycles_predicted"] / 18e6, rel=1e-12)
+    assert lat["transfer"] == pytest.approx((b["sent"] + b["received"]) * 10 / 1e6, rel=1e-12)
+    assert set(rep) >= {"hardware", "energy_uj_per_inference", "energy_note"}
     print(f"hadahw.run --sim: load {rep['load_s']:.1f} s, per inference transfer {rep['transfer_s']:.2f} s, "
           f"compute {rep['compute_s']:.3f} s, {rep['cycles_predicted']} cycles; total {rep['wall_s']:.1f} s")
