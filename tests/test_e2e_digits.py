@@ -1,0 +1,57 @@
+"""End to end on real data: trained digits HadaNets on the simulated board equal the golden model.
+
+The board is the default board build's configuration (1 x 8, SPRAM weight store, the SPRAM board
+defaults of :mod:`hadahw.build`), simulated whole (UART, HostLink, HadaCore under Verilator) and
+driven by ``python -m hadahw.run``'s function form over a pseudo-terminal.  By default a short
+MLP training and a handful of test images; ``--runslow`` runs both digits networks, trained with
+the recipe's 30 epochs, over all 360 test images.  Seeds are fixed (training seed 0, image choice
+seed 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hadahw import run as run_cli
+from hadahw.build import SPRAM_BOARD_DEFAULTS
+from hadahw.lower_net import golden_predict, lower_network_full
+from hadahw.params import AcceleratorConfig
+from hadahw.train import fit, load_checkpoint, load_split, save_checkpoint
+
+BOARD_CONFIG = AcceleratorConfig(rows=1, lanes=8, beta_w=16, beta_a=2, **SPRAM_BOARD_DEFAULTS)
+
+
+def _golden_accuracy(ckpt, indices) -> float:
+    """Integer golden model's accuracy on test images ``indices``, computed here, not by hadahw.run."""
+    model, _ = load_checkpoint(ckpt)
+    split = load_split()
+    net = lower_network_full(model, split.x_train)
+    x, y = split.x_test[indices], split.y_test[indices].numpy()
+    gold = golden_predict(net.layers, net.input_exponent, x.numpy().astype(np.float64)).argmax(1)
+    return float((gold == y).mean())
+
+
+def _check(rep, ckpt, n_images):
+    assert rep.ok
+    assert rep.images == n_images and len(rep.image_indices) == n_images
+    assert rep.prediction_mismatches == 0 and rep.value_mismatches == 0
+    assert rep.cycles_measured == [rep.cycles_predicted] * n_images
+    assert rep.hardware_accuracy == rep.golden_accuracy == pytest.approx(_golden_accuracy(ckpt, rep.image_indices))
+
+
+def test_trained_mlp_subset_on_the_board_configuration(tmp_path):
+    result = fit("digits-mlp", "hada16-2", epochs=5, seed=0, quiet=True)
+    ckpt = save_checkpoint(result, tmp_path / "mlp.pt")
+    rep = run_cli.run_checkpoint(ckpt, BOARD_CONFIG, images=6, seed=0)
+    _check(rep, ckpt, 6)
+    assert [layer["where"] for layer in rep.layers] == ["host", "accelerator", "host"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["digits-mlp", "digits-cnn"])
+def test_whole_test_set_on_the_board_configuration(model, tmp_path):
+    result = fit(model, "hada16-2", epochs=30, seed=0, quiet=True)
+    ckpt = save_checkpoint(result, tmp_path / f"{model}.pt")
+    rep = run_cli.run_checkpoint(ckpt, BOARD_CONFIG, images="all", seed=0)
+    _check(rep, ckpt, 360)
