@@ -334,8 +334,8 @@ def simulate(cfg, dev: dict, divisor: int, nets: dict, inferences: int, workdir:
                              "param_bytes": len(prog.param_image), "desc_bytes": len(prog.desc_image),
                              "input_bytes": prog.input_length, "output_bytes": prog.output_length,
                              "output_values": int(np.prod(prog.output_shape)),
-                             "output_value_bytes": prog.memory_map.output_value_bytes,
-                             "entries_per_output": prog.memory_map.entries_per_output,
+                             "output_value_bytes": prog.output_value_bytes,
+                             "entries_per_output": prog.output_spacing,
                              "act_entry_bytes": prog.memory_map.act_entry_bytes,
                              "act_stride": prog.memory_map.act_stride})
                 log(f"divisor {divisor}: {name} {inferences} inference(s) equal to the golden model "

@@ -46,7 +46,12 @@ writes are ignored, reads give 0).  All sizes come from :class:`~hadahw.params.A
     ``output_value_bytes`` bytes, little-endian two's complement (4 when the requantizer's
     ``y_bits <= 32``, else 8), spread over ``entries_per_output`` consecutive entries
     (``act_entry_bytes`` bytes each, the last one zero-padded) starting at
-    ``out_addr + v * entries_per_output``.  :func:`unpack_output` undoes this.
+    ``out_addr + v * entries_per_output``.  A final layer that saturates to ``out_bits`` with
+    ``out_bits + 1 <= 8 * act_entry_bytes`` (:data:`FLAG_NARROW`, set by the compiler when it
+    saves entries) writes each value into one entry instead: ``act_entry_bytes`` bytes of
+    two's complement at ``out_addr + v``, which halves (or better) what the host reads back.
+    :attr:`Program.output_spacing` and :attr:`Program.output_value_bytes` say which;
+    :func:`unpack_output` undoes both.
 ``Space.DESC``
     ``[0, desc_bytes)``: the **program**, a sequence of :data:`DESCRIPTOR_BYTES`-byte layer
     descriptors (:data:`DESCRIPTOR_FIELDS`, little-endian).  RUN(addr) runs the descriptors at
@@ -93,6 +98,7 @@ __all__ = [
     "FLAG_FINAL",
     "FLAG_RELU",
     "FLAG_SATURATE",
+    "FLAG_NARROW",
     "Descriptor",
     "MemoryMap",
     "LayerPlan",
@@ -114,6 +120,7 @@ __all__ = [
 FLAG_FINAL = 0x01  # last layer of the program; writes wide values for the host
 FLAG_RELU = 0x02
 FLAG_SATURATE = 0x04
+FLAG_NARROW = 0x08  # final layer only: one activation entry per (saturated) value
 
 #: The layer descriptor: ``(name, bytes, meaning)`` in memory order, little-endian, unsigned.
 #: Both :meth:`Descriptor.encode` (``struct``) and the gateware's ``StructLayout``
@@ -121,7 +128,7 @@ FLAG_SATURATE = 0x04
 #: ``param_addr`` are derived from the ones before by :func:`compile_network`; the gateware uses
 #: them instead of multiplying or dividing.
 DESCRIPTOR_FIELDS: tuple[tuple[str, int, str], ...] = (
-    ("flags", 1, "FLAG_FINAL | FLAG_RELU | FLAG_SATURATE"),
+    ("flags", 1, "FLAG_FINAL | FLAG_RELU | FLAG_SATURATE | FLAG_NARROW"),
     ("out_bits", 1, "requantizer saturation bits (next layer's act_bits)"),
     ("shift", 1, "requantizer rounding shift S"),
     ("log2_out_beta_a", 1, "log2 of the next layer's beta_a (binarizer segment); 0 when final"),
@@ -212,7 +219,7 @@ def descriptor_field_bits(config: AcceleratorConfig) -> dict[str, int]:
     # entry, and a conv output before pooling is at most max_pool times wider/taller.
     dim = _ubits(c.act_depth * c.max_pool)
     bits = {
-        "flags": 3, "out_bits": 5, "shift": _ubits(c.max_shift), "log2_out_beta_a": 3,
+        "flags": 4, "out_bits": 5, "shift": _ubits(c.max_shift), "log2_out_beta_a": 3,
         "in_h": dim, "in_w": dim, "in_c": 0, "kh": dim, "kw": dim,
         "stride": min(8, dim), "pad": min(8, dim), "pool": _ubits(c.max_pool), "reserved0": 0,
         "out_h": dim, "out_w": dim, "n": _ubits(c.param_depth),
@@ -302,6 +309,16 @@ class MemoryMap:
             Space.ACTS: c.act_depth * self.act_stride,
             Space.DESC: c.desc_bytes,
         }
+
+    def final_spacing(self, saturate_bits: int | None) -> int:
+        """Activation entries per value of a final layer saturating to ``saturate_bits`` (None: none).
+
+        1 when the saturated values fit one entry as two's complement (:data:`FLAG_NARROW`),
+        else :attr:`entries_per_output`.
+        """
+        if saturate_bits is not None and saturate_bits + 1 <= 8 * self.act_entry_bytes:
+            return 1
+        return self.entries_per_output
 
     # Bit offsets inside entries (the gateware's layouts must agree; a test checks).
     def weight_sign_offset(self, row: int) -> int:
@@ -475,6 +492,7 @@ class LayerPlan:
     passes: int                         # G
     pace: int
     final: bool
+    spacing: int                        # activation entries per output value (1 unless final and wide)
     in_addr: int
     out_addr: int
     in_entries: int
@@ -537,6 +555,17 @@ class Program:
     @property
     def descriptors(self) -> tuple:
         return tuple(p.descriptor for p in self.plans)
+
+    @property
+    def output_spacing(self) -> int:
+        """Activation entries per output value (1 for a narrow final layer, see the module doc)."""
+        return self.plans[-1].spacing
+
+    @property
+    def output_value_bytes(self) -> int:
+        """Bytes of two's complement per output value as stored (the rest of its entries is 0)."""
+        mm = self.memory_map
+        return min(mm.output_value_bytes, self.output_spacing * mm.act_entry_bytes)
 
     def writes(self) -> list[tuple[Space, int, bytes]]:
         """``(space, address, data)`` to write before RUN(:attr:`desc_addr`), the input excepted."""
@@ -689,7 +718,9 @@ def compile_network(layers: Sequence[QLayer], config: AcceleratorConfig) -> Prog
         g = -(-n // rows)
         in_entries = h * w * wpp
         out_values = out_shape[0] * out_shape[1] * n
-        out_entries = (out_values * mm.entries_per_output if final
+        spacing = mm.final_spacing(rq.saturate_bits) if final else 1
+        narrow = final and spacing < mm.entries_per_output
+        out_entries = (out_values * spacing if final
                        else out_shape[0] * out_shape[1] * -(-n // lanes))
         if in_entries + out_entries > config.act_depth:
             raise ValueError(f"{name} needs {in_entries} input + {out_entries} output activation entries, more "
@@ -701,11 +732,10 @@ def compile_network(layers: Sequence[QLayer], config: AcceleratorConfig) -> Prog
         if p_addr + n > config.param_depth:
             raise ValueError(f"{name} needs requantizer channels {p_addr}..{p_addr + n - 1}, beyond param_depth="
                              f"{config.param_depth}")
-        spacing = mm.entries_per_output if final else 1
         pace = max(0, spacing * min(rows, n) - t)
         row_entries = w * wpp
         flags = (FLAG_FINAL if final else 0) | (FLAG_RELU if rq.relu else 0) | \
-            (FLAG_SATURATE if rq.saturate_bits is not None else 0)
+            (FLAG_SATURATE if rq.saturate_bits is not None else 0) | (FLAG_NARROW if narrow else 0)
         try:
             desc = Descriptor(
                 flags=flags, out_bits=rq.saturate_bits or 0, shift=rq.shift,
@@ -725,7 +755,7 @@ def compile_network(layers: Sequence[QLayer], config: AcceleratorConfig) -> Prog
         plans.append(LayerPlan(
             index=i, kind=layer.kind, in_shape=(h, w, c), kh=kh, kw=kw, stride=stride, pad=pad, pool=pool,
             conv_out=conv_out, out_shape=out_shape, n=n, wpp=wpp, words=t, passes=g, pace=pace, final=final,
-            in_addr=in_addr, out_addr=out_addr, in_entries=in_entries, out_entries=out_entries,
+            spacing=spacing, in_addr=in_addr, out_addr=out_addr, in_entries=in_entries, out_entries=out_entries,
             weight_addr=w_addr, weight_entries=g * t, param_addr=p_addr, descriptor=desc))
         w_bits.append(_weight_entries(config, layer, c, kh, kw))
         p_bits.append(_param_entries(config, name, layer))
@@ -760,11 +790,17 @@ def unpack_output(data: bytes, program: Program) -> np.ndarray:
     data = bytes(data)
     if len(data) != program.output_length:
         raise ValueError(f"the output is {program.output_length} bytes, not {len(data)}")
-    k, ob = mm.entries_per_output, mm.output_value_bytes
+    k, ob = program.output_spacing, program.output_value_bytes
     raw = np.frombuffer(data, np.uint8).reshape(-1, mm.act_stride)[:, :mm.act_entry_bytes]
-    raw = raw.reshape(-1, k * mm.act_entry_bytes)[:, :ob]
-    dtype = np.dtype("<i4") if ob == 4 else np.dtype("<i8")
-    values = np.ascontiguousarray(raw).view(dtype).reshape(-1).astype(np.int64)
+    raw = raw.reshape(-1, k * mm.act_entry_bytes)[:, :ob].astype(np.uint64)
+    word = np.zeros(raw.shape[0], np.uint64)
+    for i in range(ob):                                   # little-endian bytes -> 8*ob-bit word
+        word |= raw[:, i] << np.uint64(8 * i)
+    if ob == 8:
+        values = word.view(np.int64)
+    else:                                                 # sign-extend from 8*ob bits
+        half = 1 << (8 * ob - 1)
+        values = (word.astype(np.int64) ^ half) - half
     return values.reshape(program.output_shape)
 
 
@@ -795,16 +831,15 @@ SETUP_CYCLES = 1
 def layer_cycles(plan: LayerPlan, config: AcceleratorConfig, constants: dict | None = None) -> int:
     """Cycles the core spends on one layer (see :func:`predict_cycles`)."""
     k = constants or _timing_constants(config)
-    mm = MemoryMap(config)
     passes = plan.pixels * plan.passes
     issue = (passes - 1) * plan.pass_cycles + plan.words          # first word .. last word (stage A)
-    spacing = mm.entries_per_output if plan.final else 1
+    spacing = plan.spacing
     tail = 1 + k["engine"]                                         # stage B (memory read), engine
     tail += spacing * (plan.descriptor.last_rows - 1)              # serializer: the last pass's rows
     tail += k["pool"] if plan.pool > 1 else 0
     tail += k["requant"]
     if plan.final:
-        tail += mm.entries_per_output                              # writer: one entry per cycle
+        tail += spacing                                            # writer: one entry per cycle
     else:
         short = plan.n % config.beta_a                             # short final segment: divider
         tail += k["short"] if short else 1                         # binarizer
@@ -829,11 +864,12 @@ def predict_cycles(program: Program) -> int:
       + Requantizer.latency (5)
       + 1 (binarizer; act_bits + log2(beta_a) + 2 for a short final segment)
         [+ ceil(n_last / L) when beta_a > L]      binarized layer: the writer
-        or entries_per_output                     final layer: the writer
+        or s                                      final layer: the writer, one entry per cycle
       + 1                                         the sequencer sees `done`
 
     with ``P`` output pixels (before pooling), ``G`` passes, ``T`` words per pass, and
-    ``pace = max(0, s * min(R, N) - T)`` (``s = entries_per_output`` for the final layer, else 1)
+    ``pace = max(0, s * min(R, N) - T)`` (``s = LayerPlan.spacing``: the final layer's entries per
+    value, :meth:`MemoryMap.final_spacing`; 1 for a binarized layer)
     so that the serializer finishes a pass before the next one's result: the engine and the
     output stage then never stall, and the formula is exact (the core tests check equality).
     """

@@ -110,6 +110,7 @@ class HadaCore(wiring.Component):
         busy = seq.busy
         d = seq.desc
         final = d.flags[0]
+        narrow = d.flags[3]          # FLAG_NARROW: a final value takes one entry
         pooling = d.pool != 1
 
         # ---- host bus: writes ---------------------------------------------------------------
@@ -188,7 +189,7 @@ class HadaCore(wiring.Component):
         start = seq.layer_start
         m.d.comb += [
             ser.passes.eq(d.passes), ser.last_rows.eq(d.last_rows),
-            ser.spacing.eq(Mux(final, mm.entries_per_output, 1)), ser.start.eq(start),
+            ser.spacing.eq(Mux(final & ~narrow, mm.entries_per_output, 1)), ser.start.eq(start),
         ]
         connect(m, engine.o, ser.i)
         m.d.comb += [
@@ -228,7 +229,8 @@ class HadaCore(wiring.Component):
         ]
         connect(m, binz.o_stream, writer.seg)
         m.d.comb += [
-            writer.final.eq(final), writer.out_addr.eq(d.out_addr), writer.out_pixels.eq(d.out_pixels),
+            writer.final.eq(final), writer.narrow.eq(narrow), writer.out_addr.eq(d.out_addr),
+            writer.out_pixels.eq(d.out_pixels),
             writer.start.eq(start), seq.layer_done.eq(writer.done),
             acts.core_we.eq(writer.we), acts.core_waddr.eq(writer.waddr), acts.core_wdata.eq(writer.wdata),
         ]

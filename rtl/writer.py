@@ -10,7 +10,9 @@ consecutive addresses from the layer's ``out_addr`` (the layout of :mod:`hadahw.
   one per cycle, each with the segment's code.
 * the final layer gets requantized values; each is written, sign-extended to
   ``output_value_bytes`` bytes, over ``entries_per_output`` entries, one per cycle from the cycle
-  it arrives, straight from the input (the source holds it; it is taken with its last entry).
+  it arrives, straight from the input (the source holds it; it is taken with its last entry);
+  with ``narrow`` (:data:`hadahw.program.FLAG_NARROW`: the values are saturated narrow enough)
+  each value is sign-extended into a single entry instead.
 
 ``done`` rises once the layer's ``out_pixels``-th pixel has been written (for the final layer one
 cycle after its last entry); ``start`` clears it.  Full-segment beats are taken every cycle;
@@ -50,6 +52,8 @@ class ActWriter(wiring.Component):
         Values of the final layer (``y`` signed ``config.y_bits``).
     final : In(1)
         Which input the layer uses.
+    narrow : In(1)
+        Final layer: one entry per value (``FLAG_NARROW``) instead of ``entries_per_output``.
     out_addr : In(16)
         Entry of the layer's first output word (loaded on ``start``).
     out_pixels : In(16)
@@ -69,6 +73,7 @@ class ActWriter(wiring.Component):
             "seg": In(stream.Signature(segment_layout)),
             "val": In(stream.Signature(data.StructLayout({"y": signed(config.y_bits), "last": unsigned(1)}))),
             "final": In(1),
+            "narrow": In(1),
             "out_addr": In(16),
             "out_pixels": In(16),
             "start": In(1),
@@ -157,7 +162,7 @@ class ActWriter(wiring.Component):
         v_pixel_end = Signal()             # a pixel's last value has its last entry written
         if k > 1:
             vidx = Signal(range(k))         # entry of the presented value written this cycle
-            v_last_entry = vidx == k - 1
+            v_last_entry = (vidx == k - 1) | self.narrow   # narrow: entry 0 is y sign-extended
             m.d.comb += [self.val.ready.eq(v_last_entry),
                          v_pixel_end.eq(v_we & v_last_entry & self.val.payload.last)]
             with m.If(self.start):

@@ -22,12 +22,12 @@ __all__ = ["encode_output", "golden_device"]
 
 def encode_output(values: np.ndarray, prog: Program) -> bytes:
     """The core's final-layer format (hadahw.program docstring); the inverse of unpack_output."""
-    mm = prog.memory_map
+    mm, k = prog.memory_map, prog.output_spacing
     out = bytearray()
     for v in np.asarray(values, np.int64).reshape(-1):
-        raw = int(v).to_bytes(mm.output_value_bytes, "little", signed=True)
-        raw = raw.ljust(mm.entries_per_output * mm.act_entry_bytes, b"\0")
-        for e in range(mm.entries_per_output):
+        raw = int(v).to_bytes(prog.output_value_bytes, "little", signed=True)
+        raw = raw.ljust(k * mm.act_entry_bytes, b"\0")
+        for e in range(k):
             out += raw[e * mm.act_entry_bytes:(e + 1) * mm.act_entry_bytes].ljust(mm.act_stride, b"\0")
     return bytes(out)
 

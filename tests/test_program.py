@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from hadahw.contract import DeltaFormat, Requant
 from hadahw.golden import QLayer, run_layer
 from hadahw.params import AcceleratorConfig
-from hadahw.program import (DESCRIPTOR_BYTES, DESCRIPTOR_FIELDS, FLAG_FINAL, FLAG_RELU, FLAG_SATURATE, Descriptor,
+from hadahw.program import (DESCRIPTOR_BYTES, DESCRIPTOR_FIELDS, FLAG_FINAL, FLAG_NARROW, FLAG_RELU, FLAG_SATURATE, Descriptor,
                             MemoryMap, Program, compile_network, ebr_usage, pack_act, pack_input, predict_cycles,
                             unpack_act, unpack_output)
 from hadahw.protocol import Space
@@ -269,15 +269,47 @@ def test_unpack_output_sign_extends():
                  beta_a=8, beta_w=8)
     rng = np.random.default_rng(2)
     layers, _ = random_network(rng, cfg, Spec((8,), ("linear", 3)))
-    prog = compile_network(layers, cfg)
+    wide = _with_final_saturation(layers, None)
+    prog = compile_network(wide, cfg)
     mm = prog.memory_map
     assert (mm.output_value_bytes, mm.act_entry_bytes, mm.act_stride, mm.entries_per_output) == (4, 2, 2, 2)
+    assert (prog.output_spacing, prog.output_value_bytes) == (2, 4)
+    assert not prog.descriptors[-1].flags & FLAG_NARROW
     values = [-5, 123456, -(1 << 31)]
     data = b"".join(v.to_bytes(4, "little", signed=True) for v in values)
     assert prog.output_length == len(data)
     assert unpack_output(data, prog).tolist() == values
     with pytest.raises(ValueError, match="the output is 12 bytes, not 4"):
         unpack_output(data[:4], prog)
+
+
+def _with_final_saturation(layers, bits):
+    last = layers[-1]
+    return [*layers[:-1], dataclasses.replace(last, requant=dataclasses.replace(last.requant, saturate_bits=bits))]
+
+
+@pytest.mark.parametrize("bits,narrow", [(15, True), (8, True), (16, False)])
+def test_narrow_final_layer_layout(bits, narrow):
+    """A final layer saturating to ``bits`` takes one 16-bit entry per value iff bits + 1 <= 16."""
+    cfg = cfg_of(max_reduction=64, act_bits=4, weight_delta=DeltaFormat(bits=4), mult_bits=8, bias_bits=12,
+                 beta_a=8, beta_w=8)
+    rng = np.random.default_rng(3)
+    layers, _ = random_network(rng, cfg, Spec((8,), ("linear", 3)))
+    prog = compile_network(_with_final_saturation(layers, bits), cfg)
+    assert bool(prog.descriptors[-1].flags & FLAG_NARROW) == narrow
+    assert (prog.output_spacing, prog.output_value_bytes) == ((1, 2) if narrow else (2, 4))
+    lim = (1 << bits) - 1
+    values = [-lim, lim, -1]
+    width = 2 if narrow else 4
+    data = b"".join(v.to_bytes(width, "little", signed=True) for v in values)
+    assert prog.output_length == len(data) == 3 * prog.output_spacing * 2
+    assert unpack_output(data, prog).tolist() == values
+    # the writer spends one cycle per entry: the narrow layer is shorter by one cycle per row of
+    # its last pass (serializer) and one at the end (writer)
+    wide = compile_network(_with_final_saturation(layers, None), cfg)
+    if narrow:
+        rows = wide.plans[-1].descriptor.last_rows
+        assert predict_cycles(wide) - predict_cycles(prog) >= rows
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from amaranth.sim import Simulator
 from hadahw.contract import DeltaFormat
 from hadahw.golden import run_network
 from hadahw.params import AcceleratorConfig
-from hadahw.program import (DESCRIPTOR_BYTES, DESCRIPTOR_FIELDS, FLAG_FINAL, MemoryMap, compile_network,
+from hadahw.program import (DESCRIPTOR_BYTES, DESCRIPTOR_FIELDS, FLAG_FINAL, FLAG_NARROW, MemoryMap, compile_network,
                             descriptor_field_bits, predict_cycles)
 from hadahw.protocol import Space, Status
 from hadahw.rtl.core import HadaCore
@@ -152,10 +152,17 @@ def poke_entries(ctx, mem, image: bytes, stride: int, nbytes: int, first: int = 
 
 
 def check_network(cfg: AcceleratorConfig, spec: Spec, seed: int, *, bus_weight_entries=4, runs=1, extreme=False,
-                  p_idle=0.3, p_stall=0.3):
-    """Compile, load, run ``runs`` times (new input each time), compare with golden and the timing model."""
+                  p_idle=0.3, p_stall=0.3, final_saturate="random"):
+    """Compile, load, run ``runs`` times (new input each time), compare with golden and the timing model.
+
+    ``final_saturate``: the final layer's ``saturate_bits`` (an int or None), or "random" as generated.
+    """
     rng = np.random.default_rng(seed)
     layers, act = random_network(rng, cfg, spec, extreme=extreme)
+    if final_saturate != "random":
+        last = layers[-1]
+        layers = [*layers[:-1], dataclasses.replace(
+            last, requant=dataclasses.replace(last.requant, saturate_bits=final_saturate))]
     prog = compile_network(layers, cfg)
     mm = prog.memory_map
     inputs = [act] + [random_act(rng, cfg, act.shape) for _ in range(runs - 1)]
@@ -227,6 +234,18 @@ def test_core_extreme_final_values_and_rerun():
     prog = check_network(cfg, Spec((12,), ("linear", 6), ("linear", 3)), 101, extreme=True, runs=2,
                          bus_weight_entries=10**6)
     assert prog.memory_map.output_value_bytes == 8
+
+
+@pytest.mark.parametrize("sat", [None, 8, 15], ids=["wide", "narrow-8", "narrow-15"])
+def test_core_final_values_narrow_when_saturated(sat):
+    """A saturating final layer writes one entry per value (FLAG_NARROW); a wide one two (40-bit entries)."""
+    cfg = make_config(lanes=8, rows=2, bw=8, ba=2)
+    prog = check_network(cfg, Spec((4, 4, 8), ("conv", 8, 3, 1, 1, 2), ("linear", 7)), 303, final_saturate=sat)
+    mm = prog.memory_map
+    assert mm.entries_per_output == 2 and mm.act_entry_bytes == 5
+    assert prog.output_spacing == (2 if sat is None else 1)
+    assert prog.output_length == 7 * prog.output_spacing * mm.act_stride
+    assert bool(prog.descriptors[-1].flags & FLAG_NARROW) == (sat is not None)
 
 
 @pytest.mark.parametrize("spec", [Spec((20,), ("linear", 30), ("linear", 5)),

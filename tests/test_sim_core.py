@@ -64,8 +64,8 @@ def make_case(cfg: AcceleratorConfig, spec: Spec, seed: int, name: str) -> dict:
         "output_length": prog.output_length,
         "act_stride": mm.act_stride,
         "act_entry_bytes": mm.act_entry_bytes,
-        "entries_per_output": mm.entries_per_output,
-        "output_value_bytes": mm.output_value_bytes,
+        "entries_per_output": prog.output_spacing,       # 1 for a narrow final layer
+        "output_value_bytes": prog.output_value_bytes,
         "expected": [int(v) for v in np.asarray(want).reshape(-1)],
         "cycles": int(predict_cycles(prog)),
     }
