@@ -231,14 +231,16 @@ class DotEngine(wiring.Component):
         span = cfg.words_per_weight_segment
         m.d.comb += seg_end_in.eq(pay.seg_end | pay.last)
 
-        # Stage 0: input registers.
+        # Stage 0: input registers.  Only the control bits (valid, last, seg_end) have a reset:
+        # they qualify the data, whose registers, and the delay lines made from them
+        # (Signal.like), need none.
         valid0 = Signal(name="valid0")
         last0, seg_end0 = Signal(name="last0"), Signal(name="seg_end0")
-        a0, mask0 = Signal(cfg.lanes, name="a0"), Signal(cfg.lanes, name="mask0")
-        da0 = Signal.like(pay.da, name="da0")
-        w0 = Signal.like(pay.w, name="w0")
-        dw0 = Signal.like(pay.dw, name="dw0")
-        counts0 = [Signal(cfg.popcount_bits, name=f"n{g}_0") for g in range(cfg.act_groups)]
+        a0, mask0 = Signal(cfg.lanes, name="a0", reset_less=True), Signal(cfg.lanes, name="mask0", reset_less=True)
+        da0 = Signal.like(pay.da, name="da0", reset_less=True)
+        w0 = Signal.like(pay.w, name="w0", reset_less=True)
+        dw0 = Signal.like(pay.dw, name="dw0", reset_less=True)
+        counts0 = [Signal(cfg.popcount_bits, name=f"n{g}_0", reset_less=True) for g in range(cfg.act_groups)]
         p.d.sync += [
             valid0.eq(self.i.valid), last0.eq(pay.last), seg_end0.eq(seg_end_in),
             a0.eq(pay.a), mask0.eq(mask_in), da0.eq(pay.da), w0.eq(pay.w), dw0.eq(pay.dw),
@@ -258,7 +260,7 @@ class DotEngine(wiring.Component):
                 line.append(reg)
             return line[stage]
 
-        st = Stager(cfg.levels_per_stage, p, name="corr")
+        st = Stager(cfg.levels_per_stage, p, name="corr", reset_less=True)
         corr = _correction(cfg, st, da0, counts0)
         assert st.stage == self.timing.correction_stage
         sched = self.schedule

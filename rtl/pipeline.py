@@ -7,7 +7,9 @@ live Amaranth values.  A :class:`Stager` counts the levels and inserts a registe
 elaboration, at which stage each input is consumed and how long the pipeline is.
 
 All registers go to the ``sync`` domain without an enable; a whole pipeline is stalled by wrapping
-its module in :class:`amaranth.hdl.EnableInserter`.
+its module in :class:`amaranth.hdl.EnableInserter`.  A :class:`Stager` made with ``reset_less``
+builds registers without a reset, for data that a valid bit qualifies (Yosys folds only reset-less
+registers into an iCE40 SB_MAC16's own input and output registers).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class Stager:
         Where registers go; ``None`` for a dry run (values pass through unregistered).
     name : str
         Prefix of register names.
+    reset_less : bool
+        Registers without a reset (power-up value 0; a later reset leaves them as they are).
 
     Attributes
     ----------
@@ -64,12 +68,13 @@ class Stager:
         Logic levels since the last register bank.
     """
 
-    def __init__(self, levels_per_stage: int, module=None, *, name: str = "p"):
+    def __init__(self, levels_per_stage: int, module=None, *, name: str = "p", reset_less: bool = False):
         if levels_per_stage < 1:
             raise ValueError(f"levels_per_stage must be >= 1, not {levels_per_stage}")
         self.levels_per_stage = levels_per_stage
         self.module = module
         self.name = name
+        self.reset_less = reset_less
         self.stage = 0
         self.level = 0
         self._count = 0
@@ -101,7 +106,7 @@ class Stager:
 
     def _reg(self, value):
         value = Value.cast(value)
-        reg = Signal(value.shape(), name=f"{self.name}{self.stage}_{self._count}")
+        reg = Signal(value.shape(), name=f"{self.name}{self.stage}_{self._count}", reset_less=self.reset_less)
         self._count += 1
         self.module.d.sync += reg.eq(value)
         return reg

@@ -16,8 +16,14 @@ flagged final.
 Address generation is incremental (no multipliers): within a kernel row the activation entries
 of consecutive words are consecutive; a kernel row steps by ``row_entries``, an output column by
 ``col_step``, an output row by ``row_step``, all precomputed by :func:`hadahw.program.compile_network`
-(arithmetic modulo 2**16; a padding position reads nothing).  ``seg_end`` (the word closes a weight
-segment) comes from a running reduction index modulo ``beta_w``.
+(arithmetic modulo 2**16).  A padding position reads nothing and is sent as a word with no valid
+lane (``count = 0``).  ``seg_end`` (the word closes a weight segment) comes from a running
+reduction index modulo ``beta_w``.  Loop ends are ``counter + 1 == field`` on the counter's own
+incrementer, and the word's input coordinates are the window origin plus the kernel position.
+The descriptor is checked while it is fetched (dropped bits, zero counts) and at set-up (array
+limits).  Synthesised alone for the 1x8 board configuration (yosys 0.70 ``synth_ice40``): 640
+LUT4, 241 SB_CARRY, 409 flip-flops (225 of them the descriptor register), from 897/303/437 before
+this organisation (``bench/breakdown_bench.py``).
 
 Pipeline: stage A (counters, addresses) -> synchronous memory reads -> stage B (read data and the
 beat's flags) -> engine.  Stage A advances, and the memories read, only when stage B is empty or
@@ -48,6 +54,12 @@ class _State(enum.IntEnum):
     SETUP = 2
     COMPUTE = 3
     DRAIN = 4
+    FAIL = 5  # RUN address out of range: one busy cycle, then a fault
+
+
+#: Descriptor fields that count something (loop bounds, sizes): a zero one is a fault.
+NONZERO_FIELDS = ("in_h", "in_w", "kh", "kw", "stride", "pool", "out_h", "out_w", "n", "wpp", "last_count",
+                  "passes", "last_rows", "out_pixels")
 
 
 class Sequencer(wiring.Component):
@@ -112,8 +124,11 @@ class Sequencer(wiring.Component):
         nd = DESCRIPTOR_BYTES
 
         state = Signal(_State)
-        ptr = Signal(range(cfg.desc_bytes + nd + 1))   # current descriptor's DESC address
+        # DESC read address: RUN's address, then one up per descriptor byte read, so that after a
+        # fetch it is the next descriptor's address (no base + offset adder).
+        raddr = Signal(range(cfg.desc_bytes + 1))
         fcnt = Signal(range(nd + 1))
+        bad = Signal()  # the descriptor being fetched failed a check (see _capture)
         final = d.flags[0]
         assert FLAG_FINAL == 1
 
@@ -128,37 +143,52 @@ class Sequencer(wiring.Component):
         g = Signal(fw["passes"], name="g")
         ky, kx = Signal(fw["kh"], name="ky"), Signal(fw["kw"], name="kx")
         j = Signal(fw["wpp"], name="j")
-        iy0, ix0, iy, ix = (Signal(signed(max(fw["in_h"], fw["in_w"]) + 2), name=n)
-                            for n in ("iy0", "ix0", "iy", "ix"))
+        cw = max(fw["in_h"], fw["in_w"]) + 2
+        iy0, ix0, iy, ix = (Signal(signed(cw), name=n) for n in ("iy0", "ix0", "iy", "ix"))
         orow, org, krow, aaddr = (Signal(fw["first_addr"], name=n) for n in ("orow", "org", "krow", "aaddr"))
         waddr = Signal(fw["weight_addr"])
         wait = Signal(fw["pace"])
-        overflow = Signal()  # the descriptor being fetched has a non-zero bit the register drops
         kpos_bits = max(1, cfg.beta_w.bit_length() - 1)
         kpos = Signal(kpos_bits)
 
-        last_j = j == d.wpp - 1
-        last_kx = kx == d.kw - 1
-        last_ky = ky == d.kh - 1
-        last_t = last_j & last_kx & last_ky
-        last_g = g == d.passes - 1
-        last_ox = ox == d.out_w - 1
-        last_oy = oy == d.out_h - 1
+        # Terminal counts: `x + 1 == field` shares the counter's own incrementer (x runs 0 ..
+        # field - 1, so x + 1 fits x's width), where `x == field - 1` would need a subtractor.
+        def step(counter, field):
+            inc = Signal.like(counter, name=f"{counter.name}_inc")
+            m.d.comb += inc.eq(counter + 1)
+            return inc, inc == field
+
+        j_inc, last_j = step(j, d.wpp)
+        kx_inc, last_kx = step(kx, d.kw)
+        ky_inc, last_ky = step(ky, d.kh)
+        g_inc, last_g = step(g, d.passes)
+        ox_inc, last_ox = step(ox, d.out_w)
+        oy_inc, last_oy = step(oy, d.out_h)
+        last_row = Signal()  # the word closes a kernel row
+        last_t = Signal()    # ... a pass
+        last_px = Signal()   # ... an output pixel (its last pass)
+        new_row = Signal()   # ... an output row
+        m.d.comb += [last_row.eq(last_j & last_kx), last_t.eq(last_row & last_ky), last_px.eq(last_t & last_g),
+                     new_row.eq(last_px & last_ox)]
         count = Signal(range(lanes + 1))
         m.d.comb += count.eq(Mux(last_j, d.last_count, lanes))
         kpos_next = (kpos + count)[:kpos_bits]
-        pad = ~((iy >= 0) & (iy < d.in_h) & (ix >= 0) & (ix < d.in_w))
+        # Padding: a coordinate outside 0 .. size - 1; a negative one is >= 2**(cw-1) as unsigned,
+        # above any map size, so one unsigned comparison per axis covers both edges.
+        pad = (iy.as_unsigned() >= d.in_h) | (ix.as_unsigned() >= d.in_w)
         a_valid = (state == _State.COMPUTE) & (wait == 0)
 
         # ---- stage B: memory data and the beat ---------------------------------------------
-        b_valid, b_pad, b_last, b_seg_end = Signal(), Signal(), Signal(), Signal()
+        b_valid, b_last, b_seg_end = Signal(), Signal(), Signal()
         b_count = Signal(range(lanes + 1))
         advance = ~b_valid | self.beat.ready
         beat = self.beat.payload
+        # A padding position is a word with no valid lane (count 0): the engine ignores its signs
+        # and delta codes, so the stale memory data needs no masking.
         m.d.comb += [
             self.beat.valid.eq(b_valid),
-            beat.a.eq(Mux(b_pad, (1 << lanes) - 1, self.act_rdata.a)),
-            beat.da.eq(Mux(b_pad, 0, self.act_rdata.da)),
+            beat.a.eq(self.act_rdata.a),
+            beat.da.eq(self.act_rdata.da),
             beat.w.eq(self.w_rdata.w),
             beat.dw.eq(self.w_rdata.dw),
             beat.count.eq(b_count),
@@ -170,115 +200,151 @@ class Sequencer(wiring.Component):
             self.w_re.eq(advance & a_valid),
         ]
         with m.If(advance):
-            m.d.sync += [b_valid.eq(a_valid), b_pad.eq(pad), b_last.eq(last_t), b_count.eq(count),
+            m.d.sync += [b_valid.eq(a_valid), b_last.eq(last_t), b_count.eq(Mux(pad, 0, count)),
                          b_seg_end.eq(last_t | (kpos_next == 0) if cfg.beta_w > lanes else last_t)]
 
-        # ---- descriptor checks --------------------------------------------------------------
-        zero = Const(0)
-        bad = zero
-        for name in ("in_h", "in_w", "kh", "kw", "stride", "pool", "out_h", "out_w", "n", "wpp",
-                     "last_count", "passes", "last_rows", "out_pixels"):
-            bad = bad | (getattr(d, name) == 0)
-        bad = bad | (d.last_count > lanes) | (d.last_rows > rows) | (d.pool > cfg.max_pool)
-        bad = bad | (~final & (d.log2_out_beta_a != cfg.beta_a.bit_length() - 1)) | overflow
+        # ---- stage A updates ----------------------------------------------------------------
+        # `setup` (re)starts every counter for the layer; `adv` is a word issued.  Each register
+        # has one next value, chosen by the loop level the word closes (a flat mux chain shared
+        # by the address registers), instead of one assignment per branch of the loop nest.
+        # After the layer's last word the registers take don't-care values (the next layer's
+        # set-up overwrites them all).
+        setup = Signal()
+        adv = Signal()
+        m.d.comb += adv.eq(advance & a_valid)
+
+        def counter(reg, inc, last, enable):
+            with m.If(setup | enable):
+                m.d.sync += reg.eq(Mux(setup | last, 0, inc))
+
+        counter(j, j_inc, last_j, adv)
+        counter(kx, kx_inc, last_kx, adv & last_j)
+        counter(ky, ky_inc, last_ky, adv & last_row)
+        counter(g, g_inc, last_g, adv & last_t)
+        counter(ox, ox_inc, last_ox, adv & last_px)
+        counter(oy, oy_inc, last_oy, adv & new_row)
+        with m.If(setup | adv):
+            m.d.sync += [waddr.eq(Mux(setup | last_px, d.weight_addr, waddr + 1)),
+                         kpos.eq(Mux(setup | last_t, 0, kpos_next))]
+        with m.If(setup):
+            m.d.sync += wait.eq(0)
+        with m.Elif(wait != 0):
+            m.d.sync += wait.eq(wait - 1)
+        with m.Elif(adv & last_t):
+            m.d.sync += wait.eq(Mux(new_row & last_oy, 0, d.pace))
+
+        # Input coordinates: the window origin (iy0, ix0) moves by `stride` per output pixel; x
+        # restarts at -pad on a new output row (and at set-up).  The word's own coordinates are
+        # origin + kernel position: an adder each, cheaper than two more registers with their
+        # increment and reload muxes.
+        npad = Signal(signed(cw))
+        m.d.comb += [npad.eq(-d.pad), ix.eq(ix0 + kx), iy.eq(iy0 + ky)]
+        with m.If(setup | (adv & last_px)):
+            m.d.sync += ix0.eq(Mux(setup | new_row, npad, ix0 + d.stride))
+        with m.If(setup | (adv & new_row)):
+            m.d.sync += iy0.eq(Mux(setup, npad, iy0 + d.stride))
+
+        # Activation addresses: the word's entry `aaddr`, its kernel row's first entry `krow`, its
+        # window's `org`, its output row's `orow`.
+        orow_new, org_new, krow_new = (Signal.like(orow, name=n) for n in ("orow_new", "org_new", "krow_new"))
+        m.d.comb += [
+            orow_new.eq(Mux(setup, d.first_addr, orow + d.row_step)),
+            org_new.eq(Mux(setup | new_row, orow_new, Mux(last_px, org + d.col_step, org))),
+            krow_new.eq(Mux(setup | last_ky, org_new, krow + d.row_entries)),
+        ]
+        with m.If(setup | adv):
+            m.d.sync += aaddr.eq(Mux(setup | last_row, krow_new, aaddr + 1))
+        with m.If(setup | (adv & last_row)):
+            m.d.sync += krow.eq(krow_new)
+        with m.If(setup | (adv & last_t)):
+            m.d.sync += org.eq(org_new)
+        with m.If(setup | (adv & new_row)):
+            m.d.sync += orow.eq(orow_new)
 
         # ---- control -------------------------------------------------------------------------
-        m.d.comb += [self.desc_raddr.eq(ptr + fcnt), self.layer_start.eq(0), self.finished.eq(0),
-                     self.fault.eq(0)]
+        # Checks of the fetched descriptor: zero counts, dropped bits and the pooling window are
+        # accumulated into `bad` byte by byte while fetching (_capture); what depends on the array
+        # size is checked here, at set-up (small constant comparisons).
+        setup_bad = bad | (d.last_count > lanes) | (d.last_rows > rows) | (d.pool > cfg.max_pool)
+        setup_bad = setup_bad | (~final & (d.log2_out_beta_a != cfg.beta_a.bit_length() - 1))
+        m.d.comb += [self.desc_raddr.eq(raddr), self.layer_start.eq(0), self.finished.eq(0),
+                     self.fault.eq(0), setup.eq(0)]
         with m.Switch(state):
             with m.Case(_State.IDLE):
                 with m.If(self.run.valid):
-                    m.d.sync += [ptr.eq(self.run.payload), fcnt.eq(0), overflow.eq(0)]
+                    m.d.sync += [raddr.eq(self.run.payload), fcnt.eq(0), bad.eq(0)]
                     with m.If(self.run.payload > cfg.desc_bytes - nd):
                         # Out of range: fail at once (one busy cycle).
-                        m.d.sync += [state.eq(_State.DRAIN), ptr.eq(cfg.desc_bytes)]
+                        m.d.sync += state.eq(_State.FAIL)
                     with m.Else():
                         m.d.sync += state.eq(_State.FETCH)
             with m.Case(_State.FETCH):
-                m.d.comb += self.desc_re.eq(fcnt < nd)
-                self._capture(m, fcnt, overflow)
+                with m.If(fcnt < nd):
+                    m.d.comb += self.desc_re.eq(1)
+                    m.d.sync += raddr.eq(raddr + 1)
+                self._capture(m, fcnt, bad)
                 m.d.sync += fcnt.eq(fcnt + 1)
                 with m.If(fcnt == nd):
                     m.d.sync += state.eq(_State.SETUP)
             with m.Case(_State.SETUP):
-                with m.If(bad):
+                with m.If(setup_bad):
                     m.d.comb += [self.finished.eq(1), self.fault.eq(1)]
                     m.d.sync += state.eq(_State.IDLE)
                 with m.Else():
-                    m.d.comb += self.layer_start.eq(1)
-                    m.d.sync += [
-                        state.eq(_State.COMPUTE),
-                        oy.eq(0), ox.eq(0), g.eq(0), ky.eq(0), kx.eq(0), j.eq(0), wait.eq(0), kpos.eq(0),
-                        iy0.eq(-d.pad), ix0.eq(-d.pad), iy.eq(-d.pad), ix.eq(-d.pad),
-                        orow.eq(d.first_addr), org.eq(d.first_addr), krow.eq(d.first_addr),
-                        aaddr.eq(d.first_addr), waddr.eq(d.weight_addr),
-                    ]
+                    m.d.comb += [self.layer_start.eq(1), setup.eq(1)]
+                    m.d.sync += state.eq(_State.COMPUTE)
             with m.Case(_State.COMPUTE):
-                with m.If(wait != 0):
-                    m.d.sync += wait.eq(wait - 1)
-                with m.Elif(advance):
-                    with m.If(~last_t):
-                        m.d.sync += [waddr.eq(waddr + 1), kpos.eq(kpos_next)]
-                    with m.If(~last_j):
-                        m.d.sync += [j.eq(j + 1), aaddr.eq(aaddr + 1)]
-                    with m.Elif(~last_kx):
-                        m.d.sync += [j.eq(0), kx.eq(kx + 1), ix.eq(ix + 1), aaddr.eq(aaddr + 1)]
-                    with m.Elif(~last_ky):
-                        m.d.sync += [j.eq(0), kx.eq(0), ky.eq(ky + 1), iy.eq(iy + 1), ix.eq(ix0),
-                                     krow.eq(krow + d.row_entries), aaddr.eq(krow + d.row_entries)]
-                    with m.Else():  # end of a pass
-                        m.d.sync += [j.eq(0), kx.eq(0), ky.eq(0), kpos.eq(0), wait.eq(d.pace)]
-                        with m.If(~last_g):
-                            m.d.sync += [g.eq(g + 1), iy.eq(iy0), ix.eq(ix0), krow.eq(org), aaddr.eq(org),
-                                         waddr.eq(waddr + 1)]
-                        with m.Else():
-                            m.d.sync += [g.eq(0), waddr.eq(d.weight_addr)]
-                            with m.If(~last_ox):
-                                m.d.sync += [ox.eq(ox + 1), ix0.eq(ix0 + d.stride), ix.eq(ix0 + d.stride),
-                                             iy.eq(iy0), org.eq(org + d.col_step), krow.eq(org + d.col_step),
-                                             aaddr.eq(org + d.col_step)]
-                            with m.Elif(~last_oy):
-                                m.d.sync += [ox.eq(0), oy.eq(oy + 1), iy0.eq(iy0 + d.stride),
-                                             iy.eq(iy0 + d.stride), ix0.eq(-d.pad), ix.eq(-d.pad),
-                                             orow.eq(orow + d.row_step), org.eq(orow + d.row_step),
-                                             krow.eq(orow + d.row_step), aaddr.eq(orow + d.row_step)]
-                            with m.Else():
-                                m.d.sync += [state.eq(_State.DRAIN), wait.eq(0)]
+                with m.If(adv & new_row & last_oy):
+                    m.d.sync += state.eq(_State.DRAIN)
             with m.Case(_State.DRAIN):
-                with m.If(ptr >= cfg.desc_bytes):  # RUN address out of range
-                    m.d.comb += [self.finished.eq(1), self.fault.eq(1)]
-                    m.d.sync += state.eq(_State.IDLE)
-                with m.Elif(self.layer_done):
+                with m.If(self.layer_done):
                     with m.If(final):
                         m.d.comb += self.finished.eq(1)
                         m.d.sync += state.eq(_State.IDLE)
-                    with m.Elif(ptr + 2 * nd > cfg.desc_bytes):  # no room for another descriptor
+                    # `raddr` is the next descriptor's address: is there room for one?
+                    with m.Elif(raddr > cfg.desc_bytes - nd):
                         m.d.comb += [self.finished.eq(1), self.fault.eq(1)]
                         m.d.sync += state.eq(_State.IDLE)
                     with m.Else():
-                        m.d.sync += [ptr.eq(ptr + nd), fcnt.eq(0), overflow.eq(0), state.eq(_State.FETCH)]
+                        m.d.sync += [fcnt.eq(0), bad.eq(0), state.eq(_State.FETCH)]
+            with m.Case(_State.FAIL):  # RUN address out of range
+                m.d.comb += [self.finished.eq(1), self.fault.eq(1)]
+                m.d.sync += state.eq(_State.IDLE)
         return m
 
-    def _capture(self, m: Module, fcnt: Signal, overflow: Signal) -> None:
+    def _capture(self, m: Module, fcnt: Signal, bad: Signal) -> None:
         """Descriptor byte ``fcnt - 1`` (on ``desc_rdata``) into the bits of its field that are kept.
 
-        A byte's dropped bits must be zero (else ``overflow``), except in wrapping address fields
-        and in fields the core ignores.
+        The byte also feeds the descriptor checks, which set ``bad``: a dropped bit must be zero
+        (except in wrapping address fields and in fields the core ignores), and a count field
+        must not be zero.  A two-byte count is zero when both bytes are: the low byte's
+        ``lo_zero`` flag (one register shared by all fields, which are fetched in turn) waits for
+        the high byte.  Comparing whole bytes is enough: a field whose kept bits are zero but
+        whose dropped bits are not is bad anyway.
         """
         d, byte = self.desc, self.desc_rdata
         widths = descriptor_field_bits(self.config)
+        byte_zero = byte == 0
+        lo_zero = Signal()
         offset = 0
         with m.Switch(fcnt):
             for name, size, _ in DESCRIPTOR_FIELDS:
                 width = widths[name]
+                counted = name in NONZERO_FIELDS
                 for b in range(size):
                     keep = max(0, min(8, width - 8 * b))
                     checked = keep < 8 and name not in WRAPPING_FIELDS + IGNORED_FIELDS
-                    if keep or checked:
-                        with m.Case(offset + b + 1):
-                            if keep:
-                                m.d.sync += getattr(d, name)[8 * b:8 * b + keep].eq(byte[:keep])
-                            if checked:
-                                with m.If(byte[keep:] != 0):
-                                    m.d.sync += overflow.eq(1)
+                    if not (keep or checked or counted):
+                        continue
+                    with m.Case(offset + b + 1):
+                        if keep:
+                            m.d.sync += getattr(d, name)[8 * b:8 * b + keep].eq(byte[:keep])
+                        fail = byte[keep:] != 0 if checked else Const(0)
+                        if counted and b == size - 1:
+                            fail = fail | (byte_zero & (lo_zero if size > 1 else 1))
+                        elif counted:  # a low byte of a multi-byte count (the high byte is the last)
+                            m.d.sync += lo_zero.eq(byte_zero if b == 0 else lo_zero & byte_zero)
+                        if checked or (counted and b == size - 1):
+                            with m.If(fail):
+                                m.d.sync += bad.eq(1)
                 offset += size
