@@ -23,6 +23,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .memories import EBRReadPort
+
 __all__ = ["MaxPool", "pool_config_layout"]
 
 
@@ -171,7 +173,7 @@ class MaxPool(wiring.Component):
         m.submodules.line = mem = Memory(shape=signed(self.acc_width), depth=self.depth, init=[],
                                          attrs={"no_rw_check": 1})
         wp = mem.write_port()
-        rp = mem.read_port()
+        rp = EBRReadPort(m, mem)          # no read-during-write emulation (see no_rw_check above)
         out = self.o_stream.payload
         held = out.value
 

@@ -24,6 +24,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .memories import EBRReadPort
+
 __all__ = ["Requantizer", "requant_config_layout"]
 
 
@@ -196,8 +198,8 @@ class Requantizer(wiring.Component):
         if split:
             m.submodules.mults = mmem = Memory(shape=signed(mw), depth=self.channels, init=[], attrs=attrs)
             m.submodules.biases = bmem = Memory(shape=signed(bw), depth=self.channels, init=[], attrs=attrs)
-            mwp, mrp = mmem.write_port(), mmem.read_port()
-            bwp, brp = bmem.write_port(), bmem.read_port()
+            mwp, mrp = mmem.write_port(), EBRReadPort(m, mmem)
+            bwp, brp = bmem.write_port(), EBRReadPort(m, bmem)
             m.d.comb += [
                 mwp.addr.eq(self.param_addr), mwp.data.eq(self.param_data.mult), mwp.en.eq(self.param_we),
                 bwp.addr.eq(self.param_addr), bwp.data.eq(self.param_data.bias), bwp.en.eq(self.param_we),
@@ -207,7 +209,7 @@ class Requantizer(wiring.Component):
             mult0, bias1 = mrp.data, brp.data
         else:
             m.submodules.params = mem = Memory(shape=self.param_layout, depth=self.channels, init=[], attrs=attrs)
-            wp, rp = mem.write_port(), mem.read_port()
+            wp, rp = mem.write_port(), EBRReadPort(m, mem)
             m.d.comb += [wp.addr.eq(self.param_addr), wp.data.eq(self.param_data), wp.en.eq(self.param_we),
                          rp.addr.eq(self.i_stream.payload.channel), rp.en.eq(ready[0])]
             mult0 = rp.data.mult
