@@ -12,9 +12,9 @@ integer golden accuracy (default lowering, :func:`bench.digits_table.golden_stat
 
 Hardware: when the network has binarized layers the accelerator supports (``beta_a >= 2`` with
 betas in 2..64), the checkpoint runs on the simulated board exactly as ``python -m hadahw.run --sim``
-(:func:`hadahw.run.run_checkpoint`), on the board build's configuration -- ``AcceleratorConfig(
-rows=1, lanes=8, **hadahw.build.SPRAM_BOARD_DEFAULTS)`` with the betas, delta_w format and
-activation bits of the network's binarized layers (:func:`board_config`) -- over ``--images`` test
+(:func:`hadahw.run.run_checkpoint`), on the board build's configuration -- what ``python -m hadahw.build --board icebreaker`` builds
+for the network's betas (board defaults, automatic size), with the delta_w format and activation
+bits of the network's binarized layers (:func:`board_config`) -- over ``--images`` test
 images (chosen with seed 0, the same for every variant).  Recorded: hardware accuracy on those
 images, predictions and output values that differ from the golden model, measured vs predicted
 cycles, the modeled latency (compute = cycles at 18 MHz; transfer = the inference's bytes at 1 Mbaud,
@@ -32,6 +32,7 @@ recorded in its row, not fatal.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -50,7 +51,7 @@ import torch  # noqa: E402
 
 from digits_table import golden_stats, size_ratios  # noqa: E402
 from hadahw import energy  # noqa: E402
-from hadahw.build import DEFAULT_BAUD, DEFAULT_CLOCK_MHZ, MODEL, SPRAM_BOARD_DEFAULTS  # noqa: E402
+from hadahw.build import DEFAULT_BAUD, DEFAULT_CLOCK_MHZ, MODEL, board_build_config  # noqa: E402
 from hadahw.lower_net import lower_network_full, weight_bytes  # noqa: E402
 from hadahw.nets import MODEL_NAMES, VARIANTS  # noqa: E402
 from hadahw.params import AcceleratorConfig  # noqa: E402
@@ -126,17 +127,17 @@ def parse(argv=None) -> argparse.Namespace:
 def board_config(layers) -> AcceleratorConfig:
     """The board build's configuration with the betas and formats of ``layers``' binarized part.
 
-    ``AcceleratorConfig(rows=1, lanes=8, **SPRAM_BOARD_DEFAULTS)`` (the default ``python -m
-    hadahw.build`` of the icebreaker) with ``beta_w``, ``beta_a``, ``weight_delta`` and ``act_bits``
-    of the first layer with ``beta_a >= 2``.  Raises ValueError when there is none or the betas are
-    outside what the hardware takes.
+    What ``python -m hadahw.build --board icebreaker --beta-w BW --beta-a BA`` builds (board
+    defaults, automatic array size: :func:`hadahw.build.board_build_config`) with ``weight_delta``
+    and ``act_bits`` of the first layer with ``beta_a >= 2``.  Raises ValueError when there is none
+    or the betas are outside what the hardware takes.
     """
     cand = [layer for layer in layers if layer.beta_a >= 2]
     if not cand:
         raise ValueError("no binarized layer (beta_a >= 2)")
     ref = cand[0]
-    return AcceleratorConfig(rows=1, lanes=8, **SPRAM_BOARD_DEFAULTS, beta_w=ref.beta_w, beta_a=ref.beta_a,
-                             weight_delta=ref.weight_format, act_bits=ref.act_bits)
+    base = board_build_config("--board", "icebreaker", "--beta-w", str(ref.beta_w), "--beta-a", str(ref.beta_a))
+    return dataclasses.replace(base, weight_delta=ref.weight_format, act_bits=ref.act_bits)
 
 
 def hardware_run(ckpt: Path, layers, images, skip: bool) -> dict:
@@ -283,8 +284,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"images. Lowering as `bench/digits_table.py` (calibration on the training images, 8-bit codes).",
         "",
         f"Hardware: the simulated board (`python -m hadahw.run --sim`: the board's UART, HostLink and HadaCore under "
-        f"Verilator) on the board build's configuration, 1 × 8 array with the SPRAM weight store "
-        f"(`AcceleratorConfig(rows=1, lanes=8, **SPRAM_BOARD_DEFAULTS)`) and each variant's betas; "
+        f"Verilator) on the configuration `python -m hadahw.build --board icebreaker --beta-w BW --beta-a BA` builds "
+        f"for each variant's betas ({meta['board_arrays']} array, SPRAM weight store); "
         f"**{meta['images']} test image(s)** per run (chosen with seed {IMAGE_SEED}, the same for every variant). "
         f"The first and last layers (β = 1) run on the host with the golden model; the binarized middle on the "
         f"accelerator. Latency and energy are modeled for the iCE40 UP5K at {meta['clock_mhz']:g} MHz and "
@@ -368,7 +369,12 @@ def main(argv=None) -> int:
             "variants": args.variants, "images": args.images, "image_seed": IMAGE_SEED, "skip_hw": args.skip_hw,
             "threads": args.threads, "lr": DEFAULTS["lr"], "batch_size": DEFAULTS["batch_size"], "data": split.info,
             "clock_mhz": DEFAULT_CLOCK_MHZ, "baud": DEFAULT_BAUD,
-            "board_config": {"rows": 1, "lanes": 8, **SPRAM_BOARD_DEFAULTS},
+            "board_config": {f"{bw}/{ba}": board_build_config("--board", "icebreaker", "--beta-w", str(bw),
+                                                               "--beta-a", str(ba)).to_dict()
+                             for bw, ba in ((4, 4), (16, 2))},
+            "board_arrays": ", ".join(sorted({f"{c.rows} × {c.lanes}" for c in (
+                board_build_config("--board", "icebreaker", "--beta-w", str(bw), "--beta-a", str(ba))
+                for bw, ba in ((4, 4), (16, 2)))})),
             "resource_model": MODEL.describe(),
             "energy_model": {"method": energy.METHOD, "v_core": energy.V_CORE, "static_ua": energy.STATIC_CORE_A * 1e6,
                              "pll_ua": energy.PLL_A * 1e6, "clock_pj": energy.CLOCK_PJ_PER_CYCLE,

@@ -159,15 +159,17 @@ def decode_txn(phase: str, req: bytes, rep: bytes) -> Txn:
 
 
 def board_config(layers=None):
-    """The default board configuration (1x8, SPRAM defaults) with the network's betas and formats
+    """The default board build's configuration (``python -m hadahw.build --board icebreaker``: board
+    defaults, automatic size) for the network's betas, with its delta format and activation bits
     (as :func:`hadahw.run.default_config` takes them from the first binarized layer)."""
-    from hadahw.build import SPRAM_BOARD_DEFAULTS
-    from hadahw.params import AcceleratorConfig
-    kw = dict(rows=1, lanes=8, **SPRAM_BOARD_DEFAULTS)
-    if layers is not None:
-        ref = [layer for layer in layers if layer.beta_a >= 2][0]
-        kw.update(beta_w=ref.beta_w, beta_a=ref.beta_a, weight_delta=ref.weight_format, act_bits=ref.act_bits)
-    return AcceleratorConfig(**kw)
+    import dataclasses
+
+    from hadahw.build import board_build_config
+    if layers is None:
+        return board_build_config("--board", "icebreaker", "--beta", "16")
+    ref = [layer for layer in layers if layer.beta_a >= 2][0]
+    base = board_build_config("--board", "icebreaker", "--beta-w", str(ref.beta_w), "--beta-a", str(ref.beta_a))
+    return dataclasses.replace(base, weight_delta=ref.weight_format, act_bits=ref.act_bits)
 
 
 def device_params(cfg) -> dict:

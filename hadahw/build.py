@@ -962,6 +962,16 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
                         skip_fit_check=args.skip_fit_check, auto_sized=auto, progress=not args.quiet)
 
 
+def board_build_config(*argv: str) -> AcceleratorConfig:
+    """The configuration ``python -m hadahw.build ARGV`` would build (board defaults, automatic size).
+
+    E.g. ``board_build_config("--beta", "16", "--board", "icebreaker")``; benches and tests use it
+    to run on exactly what the default board build holds.  Raises UsageError / DoesNotFit as the
+    command does.
+    """
+    return options_from_args(_parser().parse_args(list(argv))).config
+
+
 def _achieved_mhz(opts: BuildOptions) -> float:
     from hadahw.rtl.top import pll_params
     if abs(opts.clock_mhz - opts.board.clock_mhz) < 1e-9:

@@ -1,7 +1,7 @@
 """End to end on real data: trained digits HadaNets on the simulated board equal the golden model.
 
-The board is the default board build's configuration (1 x 8, SPRAM weight store, the SPRAM board
-defaults of :mod:`hadahw.build`), simulated whole (UART, HostLink, HadaCore under Verilator) and
+The board is the default board build's configuration (what ``python -m hadahw.build --beta 16
+--board icebreaker`` builds: SPRAM weight store, automatic array size), simulated whole (UART, HostLink, HadaCore under Verilator) and
 driven by ``python -m hadahw.run``'s function form over a pseudo-terminal.  By default a short
 MLP training and a handful of test images; ``--runslow`` runs both digits networks, trained with
 the recipe's 30 epochs, over all 360 test images.  Seeds are fixed (training seed 0, image choice
@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 
 from hadahw import run as run_cli
-from hadahw.build import SPRAM_BOARD_DEFAULTS
+from hadahw.build import board_build_config
 from hadahw.lower_net import golden_predict, lower_network_full
-from hadahw.params import AcceleratorConfig
 from hadahw.train import fit, load_checkpoint, load_split, save_checkpoint
 
-BOARD_CONFIG = AcceleratorConfig(rows=1, lanes=8, beta_w=16, beta_a=2, **SPRAM_BOARD_DEFAULTS)
+BOARD_CONFIG = board_build_config("--beta", "16", "--board", "icebreaker")
 
 
 def _golden_accuracy(ckpt, indices) -> float:
