@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from digits_table import golden_stats, size_ratios  # noqa: E402
+from digits_table import golden_stats, group_rows, log, pct, per_seed_table, size_ratios  # noqa: E402
 from hadahw import energy  # noqa: E402
 from hadahw.build import DEFAULT_BAUD, DEFAULT_CLOCK_MHZ, MODEL, board_build_config  # noqa: E402
 from hadahw.lower_net import lower_network_full, weight_bytes  # noqa: E402
@@ -61,10 +61,6 @@ DEFAULT_VARIANTS = ["fp", "hbwn4", "hbwn8", "hada4-4", "hada16-2", "xnor", "xnor
 DEFAULT_IMAGES = 50
 #: Seed of the choice of test images for the hardware runs (python -m hadahw.run --seed).
 IMAGE_SEED = 0
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -205,10 +201,6 @@ def run_one(model_name: str, variant: str, seed: int, epochs: int, split, cache:
 # Output
 
 
-def pct(v) -> str:
-    return "–" if v is None else f"{100 * v:.2f}"
-
-
 def _mean(values):
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
@@ -305,9 +297,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "| cycles meas. / pred. | latency ms | energy µJ (range) | compute µJ | mW | LC |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault((r["model"], r["variant"]), []).append(r)
+    groups = group_rows(rows)
     for (model, variant), rs in groups.items():
         r0 = rs[0]
         fa = _mean([r["float_accuracy"] for r in rs])
@@ -337,15 +327,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "bounds are in `digits_results.json`.",
     ]
     if len(seeds) > 1:
-        lines += ["", "| model | variant | " + " | ".join(f"seed {s}: float / golden / hw" for s in seeds) + " |",
-                  "|---|---|" + "---:|" * len(seeds)]
-        for (model, variant), rs in groups.items():
-            cells = []
-            for r in rs:
-                g, h = r.get("golden"), r["hw"]
-                hw = pct(h["hardware_accuracy"]) if h["status"] == "ran" else "–"
-                cells.append(f"{pct(r['float_accuracy'])} / {pct(None if g is None else g['accuracy'])} / {hw}")
-            lines.append(f"| {model} | {variant} | " + " | ".join(cells) + " |")
+        def cell(r):
+            g, h = r.get("golden"), r["hw"]
+            hw = pct(h["hardware_accuracy"]) if h["status"] == "ran" else "–"
+            return f"{pct(r['float_accuracy'])} / {pct(None if g is None else g['accuracy'])} / {hw}"
+        lines += ["", *per_seed_table(groups, seeds, ": float / golden / hw", cell)]
     return "\n".join(lines) + "\n"
 
 

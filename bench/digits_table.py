@@ -131,6 +131,26 @@ def pct(v) -> str:
     return "–" if v is None else f"{100 * v:.2f}"
 
 
+def group_rows(rows: list[dict]) -> dict:
+    """Rows by ``(model, variant)``, in first-seen order (one row per seed)."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["variant"]), []).append(r)
+    return groups
+
+
+def per_seed_table(groups: dict, seeds, what: str, cell) -> list[str]:
+    """Markdown lines of a table with one row per ``(model, variant)`` and ``cell(row)`` per seed.
+
+    ``what`` names the cells in the header (``"seed 0<what>"``).
+    """
+    lines = ["| model | variant | " + " | ".join(f"seed {s}{what}" for s in seeds) + " |",
+             "|---|---|" + "---:|" * len(seeds)]
+    for (model, variant), rs in groups.items():
+        lines.append(f"| {model} | {variant} | " + " | ".join(cell(r) for r in rs) + " |")
+    return lines
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     seeds = meta["seeds"]
     lines = [
@@ -162,9 +182,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "| size.py δ32 | size.py δ8 | lowered | train s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault((r["model"], r["variant"]), []).append(r)
+    groups = group_rows(rows)
     for (model, variant), rs in groups.items():
         r0 = rs[0]
         fa = float(np.mean([r["float_accuracy"] for r in rs]))
@@ -192,14 +210,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"{np.mean([r['train_seconds'] for r in rs]):.0f} |")
     lines += ["", "Per-seed accuracies (float / golden) are in `digits.json`."]
     if len(seeds) > 1:
-        lines += ["", "| model | variant | " + " | ".join(f"seed {s}" for s in seeds) + " |",
-                  "|---|---|" + "---:|" * len(seeds)]
-        for (model, variant), rs in groups.items():
-            cells = []
-            for r in rs:
-                g = r.get("golden")
-                cells.append(f"{pct(r['float_accuracy'])} / {pct(None if g is None else g['accuracy'])}")
-            lines.append(f"| {model} | {variant} | " + " | ".join(cells) + " |")
+        def cell(r):
+            g = r.get("golden")
+            return f"{pct(r['float_accuracy'])} / {pct(None if g is None else g['accuracy'])}"
+        lines += ["", *per_seed_table(groups, seeds, "", cell)]
     return "\n".join(lines) + "\n"
 
 
