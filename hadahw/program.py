@@ -110,6 +110,7 @@ __all__ = [
     "unpack_output",
     "predict_cycles",
     "layer_cycles",
+    "ebr_blocks",
     "ebr_usage",
 ]
 
@@ -261,8 +262,8 @@ def _pow2_ceil(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _ebr_blocks(width: int, depth: int) -> int:
-    """iCE40 EBR (4 kbit) needed for a width x depth memory in the best of its port modes."""
+def ebr_blocks(width: int, depth: int) -> int:
+    """iCE40 EBR (4 kbit) needed for a width x depth memory in the best of its port modes (256x16 .. 2048x2)."""
     if width <= 0 or depth <= 0:
         return 0
     return min(-(-width // w) * -(-depth // (4096 // w)) for w in (16, 8, 4, 2))
@@ -336,13 +337,12 @@ class MemoryMap:
         c = self.config
         pool_depth = (c.max_pool_width // 2) * c.max_channels if c.max_pool >= 2 else 0
         return {
-            "weights": 0 if c.weight_memory == "spram" else _ebr_blocks(8 * self.weight_entry_bytes, c.weight_depth),
-            "acts": _ebr_blocks(8 * self.act_entry_bytes, c.act_depth),
-            "params": _ebr_blocks(self.param_entry_bits, c.param_depth),
-            "pool": _ebr_blocks(c.acc_bits, pool_depth),
-            "desc": _ebr_blocks(8, c.desc_bytes),
+            "weights": 0 if c.weight_memory == "spram" else ebr_blocks(8 * self.weight_entry_bytes, c.weight_depth),
+            "acts": ebr_blocks(8 * self.act_entry_bytes, c.act_depth),
+            "params": ebr_blocks(self.param_entry_bits, c.param_depth),
+            "pool": ebr_blocks(c.acc_bits, pool_depth),
+            "desc": ebr_blocks(8, c.desc_bytes),
         }
-
 
     def spram(self) -> int:
         """SB_SPRAM256KA blocks of the weight store (``weight_memory="spram"``; else 0)."""

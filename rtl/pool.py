@@ -23,6 +23,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from hadahw.program import ebr_blocks
+
 from .memories import EBRReadPort
 
 __all__ = ["MaxPool", "pool_config_layout"]
@@ -30,11 +32,6 @@ __all__ = ["MaxPool", "pool_config_layout"]
 
 def _ubits(n: int) -> int:
     return max(1, int(n).bit_length())
-
-
-def _ebr_blocks(width: int, depth: int) -> int:
-    """iCE40 EBR (4 kbit) for a ``width`` x ``depth`` memory in its best port mode (256x16 .. 2048x2)."""
-    return min(-(-width // w) * -(-depth // (4096 // w)) for w in (16, 8, 4, 2))
 
 
 def pool_config_layout(*, max_width: int, max_channels: int, max_window: int) -> data.StructLayout:
@@ -114,7 +111,7 @@ class MaxPool(wiring.Component):
         # Entry (px, c) at px * 2**channel_width + c (no address arithmetic) when those
         # addresses fit the EBRs that ``depth`` entries need anyway.
         pow2_depth = max(1, max_width // 2) << self.channel_width if max_window >= 2 else 1
-        self.pow2_addr = max_window >= 2 and _ebr_blocks(acc_width, pow2_depth) <= _ebr_blocks(acc_width, self.depth)
+        self.pow2_addr = max_window >= 2 and ebr_blocks(acc_width, pow2_depth) <= ebr_blocks(acc_width, self.depth)
         if self.pow2_addr:
             self.depth = pow2_depth
         self.addr_width = _ubits(self.depth - 1)

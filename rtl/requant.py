@@ -24,6 +24,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from hadahw.program import ebr_blocks
+
 from .memories import EBRReadPort
 
 __all__ = ["Requantizer", "requant_config_layout"]
@@ -32,11 +34,6 @@ __all__ = ["Requantizer", "requant_config_layout"]
 def _ubits(n: int) -> int:
     """Bits of an unsigned field holding ``0..n`` (at least 1)."""
     return max(1, int(n).bit_length())
-
-
-def _ebr_blocks(width: int, depth: int) -> int:
-    """iCE40 EBR (4 kbit) for a ``width`` x ``depth`` memory in its best port mode (256x16 .. 2048x2)."""
-    return min(-(-width // w) * -(-depth // (4096 // w)) for w in (16, 8, 4, 2))
 
 
 def requant_config_layout(*, max_shift: int = 62, max_out_bits: int = 16) -> data.StructLayout:
@@ -193,8 +190,8 @@ class Requantizer(wiring.Component):
         # is undefined on the EBR (``no_rw_check``); parameters are loaded while no beat is in
         # flight, so no read that matters can meet one.
         attrs = {"no_rw_check": 1}
-        split = _ebr_blocks(mw, self.channels) + _ebr_blocks(bw, self.channels) <= \
-            _ebr_blocks(mw + bw, self.channels)
+        split = ebr_blocks(mw, self.channels) + ebr_blocks(bw, self.channels) <= \
+            ebr_blocks(mw + bw, self.channels)
         if split:
             m.submodules.mults = mmem = Memory(shape=signed(mw), depth=self.channels, init=[], attrs=attrs)
             m.submodules.biases = bmem = Memory(shape=signed(bw), depth=self.channels, init=[], attrs=attrs)
