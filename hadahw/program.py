@@ -111,6 +111,7 @@ __all__ = [
     "predict_cycles",
     "layer_cycles",
     "ebr_blocks",
+    "pow2_ceil",
     "ebr_usage",
 ]
 
@@ -258,8 +259,9 @@ Descriptor.__doc__ = "One layer descriptor; fields as in :data:`DESCRIPTOR_FIELD
 # Memory map
 
 
-def _pow2_ceil(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
+def pow2_ceil(n: int) -> int:
+    """The smallest power of two >= ``n`` (1 for ``n <= 1``)."""
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
 def ebr_blocks(width: int, depth: int) -> int:
@@ -295,14 +297,14 @@ class MemoryMap:
         c = self.config = config
         self.weight_entry_bits = c.rows * c.lanes + c.rows * c.weight_groups * c.weight_code_bits
         self.weight_entry_bytes = -(-self.weight_entry_bits // 8)
-        self.weight_stride = _pow2_ceil(self.weight_entry_bytes)
+        self.weight_stride = pow2_ceil(self.weight_entry_bytes)
         self.param_entry_bits = c.mult_bits + c.bias_bits
         self.param_entry_bytes = -(-self.param_entry_bits // 8)
-        self.param_stride = _pow2_ceil(self.param_entry_bytes)
+        self.param_stride = pow2_ceil(self.param_entry_bytes)
         self.param_base = c.weight_depth * self.weight_stride
         self.act_entry_bits = c.lanes + c.act_groups * c.act_bits
         self.act_entry_bytes = -(-self.act_entry_bits // 8)
-        self.act_stride = _pow2_ceil(self.act_entry_bytes)
+        self.act_stride = pow2_ceil(self.act_entry_bytes)
         self.output_value_bytes = 4 if c.y_bits <= 32 else 8
         self.entries_per_output = -(-self.output_value_bytes // self.act_entry_bytes)
         self.space_sizes = {

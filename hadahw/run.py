@@ -175,10 +175,6 @@ class RunReport:
 # Configuration
 
 
-def _pow2_ceil(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
 def default_config(layers: Sequence[QLayer]) -> AcceleratorConfig:
     """``AcceleratorConfig()`` defaults, adapted to a network.
 
@@ -190,7 +186,7 @@ def default_config(layers: Sequence[QLayer]) -> AcceleratorConfig:
     to a power of two.  Rows and lanes stay at the defaults.  Raises ValueError (one line) when
     no such configuration exists.
     """
-    from hadahw.program import DESCRIPTOR_BYTES, compile_network
+    from hadahw.program import DESCRIPTOR_BYTES, compile_network, pow2_ceil
     from hadahw.sw.partition import partition_network
 
     cand = [layer for layer in layers if layer.beta_a >= 2]
@@ -202,7 +198,7 @@ def default_config(layers: Sequence[QLayer]) -> AcceleratorConfig:
     start, stop = partition_network(layers, base)
     seg = list(layers[start:stop])
     seg[-1] = dataclasses.replace(seg[-1], out_beta_a=None)
-    k = _pow2_ceil(max(layer.reduction for layer in seg))
+    k = pow2_ceil(max(layer.reduction for layer in seg))
     base = dataclasses.replace(base, max_reduction=max(base.max_reduction, k))
     # Compile once with every memory and limit at its maximum and read the needs off the plans
     # (the entry formats depend on rows, lanes, betas and widths only, which stay as in ``base``).
@@ -211,13 +207,13 @@ def default_config(layers: Sequence[QLayer]) -> AcceleratorConfig:
     plans = compile_network(seg, roomy).plans
     pooled = [p for p in plans if p.pool > 1]
     need = {
-        "weight_depth": _pow2_ceil(sum(p.weight_entries for p in plans)),
-        "param_depth": _pow2_ceil(sum(p.n for p in plans)),
-        "act_depth": _pow2_ceil(max(p.in_entries + p.out_entries for p in plans)),
-        "desc_bytes": _pow2_ceil(len(plans) * DESCRIPTOR_BYTES),
+        "weight_depth": pow2_ceil(sum(p.weight_entries for p in plans)),
+        "param_depth": pow2_ceil(sum(p.n for p in plans)),
+        "act_depth": pow2_ceil(max(p.in_entries + p.out_entries for p in plans)),
+        "desc_bytes": pow2_ceil(len(plans) * DESCRIPTOR_BYTES),
         "max_pool": max([p.pool for p in plans]),
-        "max_channels": _pow2_ceil(max([p.n for p in pooled], default=1)),
-        "max_pool_width": _pow2_ceil(max([p.conv_out[1] for p in pooled], default=2)),
+        "max_channels": pow2_ceil(max([p.n for p in pooled], default=1)),
+        "max_pool_width": pow2_ceil(max([p.conv_out[1] for p in pooled], default=2)),
     }
     return dataclasses.replace(base, **{f: max(getattr(base, f), v) for f, v in need.items()})
 
