@@ -815,8 +815,10 @@ def _timing_constants(config: AcceleratorConfig) -> dict:
     from .rtl.engine import EngineTiming  # lazy: the rest of this module needs no Amaranth
     from .rtl.pool import MaxPool
     from .rtl.requant import Requantizer
+    from .rtl.streams import SkidBuffer
     return {
         "engine": EngineTiming(config).latency,
+        "slices": 2 * SkidBuffer.latency,  # after the serializer and after the requantizer
         "pool": MaxPool.latency,
         "requant": Requantizer.latency,
         # Binarizer: a short final segment goes through the RestoringDivider of
@@ -838,6 +840,7 @@ def layer_cycles(plan: LayerPlan, config: AcceleratorConfig, constants: dict | N
     spacing = plan.spacing
     tail = 1 + k["engine"]                                         # stage B (memory read), engine
     tail += spacing * (plan.descriptor.last_rows - 1)              # serializer: the last pass's rows
+    tail += k["slices"]                                            # the core's two register slices
     tail += k["pool"] if plan.pool > 1 else 0
     tail += k["requant"]
     if plan.final:
@@ -862,6 +865,7 @@ def predict_cycles(program: Program) -> int:
       + (P*G - 1) * (T + pace) + T                one word per cycle, `pace` idle cycles per pass
       + 1 + engine.latency                        memory read, DotEngine
       + s * (last_rows - 1)                       serializer: rows of the last pass (s = spacing)
+      + 2                                         register slices (after the serializer and the requantizer)
       + MaxPool.latency (2)        if pooling
       + Requantizer.latency (5)
       + 1 (binarizer; act_bits + log2(beta_a) + 2 for a short final segment)

@@ -27,8 +27,8 @@ requantizer-parameter region return 0 (it is write-only).
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import wiring
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, connect
 
 from hadahw.params import AcceleratorConfig
@@ -42,7 +42,8 @@ from .memories import EntryMemory, EntryStager
 from .pool import MaxPool
 from .requant import Requantizer
 from .sequencer import Sequencer
-from .serializer import Serializer
+from .serializer import Serializer, value_layout
+from .streams import SkidBuffer
 from .writer import ActWriter
 
 __all__ = ["HadaCore"]
@@ -97,6 +98,11 @@ class HadaCore(wiring.Component):
         m.submodules.seq = seq = self.sequencer
         m.submodules.engine = engine = self.engine
         m.submodules.ser = ser = Serializer(cfg, max_spacing=mm.entries_per_output)
+        # Register slices cut the stream's ready chain, which would otherwise run from the writer
+        # back through the requantizer, pool, serializer, engine and sequencer into the memories'
+        # read enables in one cycle (Fmax); each costs one cycle of latency per layer.  This one
+        # sits between the serializer and the pool/requantizer, the other after the requantizer.
+        m.submodules.slice = vals = SkidBuffer(value_layout(cfg))
         # max_pool == 1: a pass-through MaxPool with a one-entry line buffer (never selected).
         m.submodules.pool = pool = MaxPool(acc_width=cfg.acc_bits, max_width=cfg.max_pool_width,
                                            max_channels=cfg.max_channels, max_window=cfg.max_pool)
@@ -192,17 +198,18 @@ class HadaCore(wiring.Component):
             ser.spacing.eq(Mux(final & ~narrow, mm.entries_per_output, 1)), ser.start.eq(start),
         ]
         connect(m, engine.o, ser.i)
+        connect(m, ser.o, vals.i)
         m.d.comb += [
             pool.config.width.eq(d.out_w), pool.config.channels.eq(d.n), pool.config.window.eq(d.pool),
             rq.config.shift.eq(d.shift), rq.config.relu.eq(d.flags[1]), rq.config.saturate.eq(d.flags[2]),
             rq.config.out_bits.eq(d.out_bits),
             binz.config.log2_beta_a.eq(d.log2_out_beta_a),
         ]
-        # Serializer -> MaxPool (pooling layers) or straight on -> Requantizer.
+        # Serializer -> slice -> MaxPool (pooling layers) or straight on -> Requantizer.
         m.d.comb += [
-            pool.i_stream.payload.value.eq(ser.o.payload.value),
-            pool.i_stream.valid.eq(ser.o.valid & pooling),
-            ser.o.ready.eq(Mux(pooling, pool.i_stream.ready, rq.i_stream.ready)),
+            pool.i_stream.payload.value.eq(vals.o.payload.value),
+            pool.i_stream.valid.eq(vals.o.valid & pooling),
+            vals.o.ready.eq(Mux(pooling, pool.i_stream.ready, rq.i_stream.ready)),
             pool.o_stream.ready.eq(rq.i_stream.ready),
         ]
         def feed_requantizer(src):
@@ -214,18 +221,26 @@ class HadaCore(wiring.Component):
         with m.If(pooling):
             m.d.comb += feed_requantizer(pool.o_stream)
         with m.Else():
-            m.d.comb += feed_requantizer(ser.o)
-        # Requantizer -> Binarizer -> writer, or (final layer) -> writer.
-        y = rq.o_stream.payload.y
+            m.d.comb += feed_requantizer(vals.o)
+        # Requantizer -> slice -> Binarizer -> writer, or (final layer) -> writer.  This slice cuts
+        # the ready chain again, between the binarizer/writer and the requantizer's stages.
+        m.submodules.yslice = ys = SkidBuffer(data.StructLayout({
+            "y": signed(rq.y_width), "first": unsigned(1), "last": unsigned(1)}))
         m.d.comb += [
-            binz.i_stream.valid.eq(rq.o_stream.valid & ~final),
+            ys.i.valid.eq(rq.o_stream.valid), rq.o_stream.ready.eq(ys.i.ready),
+            ys.i.payload.y.eq(rq.o_stream.payload.y), ys.i.payload.first.eq(rq.o_stream.payload.first),
+            ys.i.payload.last.eq(rq.o_stream.payload.last),
+        ]
+        y = ys.o.payload.y
+        m.d.comb += [
+            binz.i_stream.valid.eq(ys.o.valid & ~final),
             binz.i_stream.payload.y.eq(y[:cfg.act_bits + 1]),
-            binz.i_stream.payload.first.eq(rq.o_stream.payload.first),
-            binz.i_stream.payload.last.eq(rq.o_stream.payload.last),
-            writer.val.valid.eq(rq.o_stream.valid & final),
+            binz.i_stream.payload.first.eq(ys.o.payload.first),
+            binz.i_stream.payload.last.eq(ys.o.payload.last),
+            writer.val.valid.eq(ys.o.valid & final),
             writer.val.payload.y.eq(y),
-            writer.val.payload.last.eq(rq.o_stream.payload.last),
-            rq.o_stream.ready.eq(Mux(final, writer.val.ready, binz.i_stream.ready)),
+            writer.val.payload.last.eq(ys.o.payload.last),
+            ys.o.ready.eq(Mux(final, writer.val.ready, binz.i_stream.ready)),
         ]
         connect(m, binz.o_stream, writer.seg)
         m.d.comb += [

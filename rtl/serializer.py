@@ -86,8 +86,16 @@ class Serializer(wiring.Component):
         first = Signal(init=1)                               # c == 0
         gap = Signal(range(self.max_spacing + 1))
         g_inc, r_inc = g + 1, r + 1
-        last_g = g_inc[:gb] == self.passes[:gb]
-        last_r = Mux(last_g, r_inc == self.last_rows[:rb], r_inc == rows)
+        # "Last row of the pass" and "last pass of the pixel" are registers, computed when r and g
+        # change: i.ready (= taking a pass's last value) feeds the engine's stall and the sequencer
+        # behind it, so it must not wait for an incrementer and a comparison.
+        passes, last_rows = self.passes[:gb], self.last_rows[:rb]
+        last_g = Signal()                                    # g == passes - 1
+        last_r = Signal()                                    # r == (last_rows if last_g else R) - 1
+
+        def last_row_after(r_next, g_is_last):
+            return Mux(g_is_last, r_next == last_rows, r_next == rows)
+
         if rows > 4:
             # One-hot row select: an AND-OR per bit is cheaper than a binary R:1 mux.
             sel = Signal(rows, init=1)
@@ -105,8 +113,9 @@ class Serializer(wiring.Component):
         ]
         take = self.o.valid & self.o.ready
         m.d.comb += self.i.ready.eq(take & last_r)
+        pixel_start = [last_g.eq(passes == 1), last_r.eq(last_row_after(1, passes == 1))]
         with m.If(self.start):
-            m.d.sync += [r.eq(0), g.eq(0), first.eq(1), gap.eq(0)]
+            m.d.sync += [r.eq(0), g.eq(0), first.eq(1), gap.eq(0), *pixel_start]
             if not pow2:
                 m.d.sync += c.eq(0)
             if rows > 4:
@@ -115,12 +124,17 @@ class Serializer(wiring.Component):
             m.d.sync += gap.eq(self.spacing - 1)
             with m.If(last_r):
                 m.d.sync += [r.eq(0), g.eq(Mux(last_g, 0, g_inc)), first.eq(last_g)]
+                with m.If(last_g):
+                    m.d.sync += pixel_start
+                with m.Else():
+                    next_last_g = (g + 2)[:gb + 1] == passes
+                    m.d.sync += [last_g.eq(next_last_g), last_r.eq(last_row_after(1, next_last_g))]
                 if not pow2:
                     m.d.sync += c.eq(Mux(last_g, 0, c + 1))
                 if rows > 4:
                     m.d.sync += sel.eq(1)
             with m.Else():
-                m.d.sync += [r.eq(r_inc), first.eq(0)]
+                m.d.sync += [r.eq(r_inc), first.eq(0), last_r.eq(last_row_after(r + 2, last_g))]
                 if not pow2:
                     m.d.sync += c.eq(c + 1)
                 if rows > 4:

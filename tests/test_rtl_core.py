@@ -248,11 +248,12 @@ def test_core_final_values_narrow_when_saturated(sat):
     assert bool(prog.descriptors[-1].flags & FLAG_NARROW) == (sat is not None)
 
 
-@pytest.mark.parametrize("spec", [Spec((20,), ("linear", 30), ("linear", 5)),
+@pytest.mark.parametrize("spec", [Spec((8,), ("linear", 60), ("linear", 5)),
                                   Spec((4, 4, 8), ("conv", 16, 1, 1, 0, 2), ("linear", 6))], ids=["fc-fc", "conv1x1"])
 def test_core_is_exact_under_engine_back_pressure(spec):
-    """With the pacing removed (pace = 0) a pass is shorter than its serialization, so the engine's
-    input stalls behind its output: nothing may be lost or repeated (only the timing changes)."""
+    """With the pacing removed (pace = 0) a pass (one word here) is shorter than its serialization,
+    so once the register slices are full the engine's input stalls behind its output: nothing may
+    be lost or repeated (only the timing changes)."""
     cfg = make_config(lanes=8, rows=4, bw=8, ba=4)
     rng = np.random.default_rng(77)
     layers, act = random_network(rng, cfg, spec)
