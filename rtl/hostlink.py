@@ -504,7 +504,9 @@ class HostLink(wiring.Component):
 
             with m.State("FRAME"):
                 # Wait for the previous reply to be sent (a new reply may overwrite it) and for the
-                # last count; then the CRC and length checks, and the frame's counter.
+                # last count; then the CRC and length checks.  Their verdict is registered and
+                # acted on in VERDICT: deciding and acting in one cycle was the board build's
+                # longest path (CRC compare -> counter select -> reply builder -> COBS writer).
                 final = Signal(4)
                 m.d.comb += final.eq(st)
                 with m.If(st == Status.OK):
@@ -513,18 +515,22 @@ class HostLink(wiring.Component):
                     with m.Elif(f_lenbad):
                         m.d.comb += final.eq(Status.BAD_LENGTH)
                 with m.If(~tx_busy & ~ctr_busy):
-                    count(final[:3])  # FRAMES_OK, BAD_CRC, BAD_FRAME or BAD_LENGTH
                     m.d.sync += st.eq(final)
-                    with m.If(final == Status.OK):
-                        m.next = "SEQ"
-                    with m.Elif(f_nak):
-                        m.d.sync += r_nak.eq(1)
-                        start_build(1)
-                        m.next = "HDR"
-                    with m.Else():
-                        m.d.comb += crc_clear.eq(1)
-                        m.d.sync += in_rx.eq(1)
-                        m.next = "RX"
+                    m.next = "VERDICT"
+
+            with m.State("VERDICT"):
+                # Nothing starts the sender or the counters between FRAME and here.
+                count(st[:3])  # FRAMES_OK, BAD_CRC, BAD_FRAME or BAD_LENGTH
+                with m.If(st == Status.OK):
+                    m.next = "SEQ"
+                with m.Elif(f_nak):
+                    m.d.sync += r_nak.eq(1)
+                    start_build(1)
+                    m.next = "HDR"
+                with m.Else():
+                    m.d.comb += crc_clear.eq(1)
+                    m.d.sync += in_rx.eq(1)
+                    m.next = "RX"
 
             with m.State("SEQ"):
                 with m.If(~ctr_busy):

@@ -148,15 +148,18 @@ class Sequencer(wiring.Component):
         orow, org, krow, aaddr = (Signal(fw["first_addr"], name=n) for n in ("orow", "org", "krow", "aaddr"))
         waddr = Signal(fw["weight_addr"])
         wait = Signal(fw["pace"])
+        wait_zero = Signal()     # wait == 0, a register for the same reason as the `last_x` flags
         kpos_bits = max(1, cfg.beta_w.bit_length() - 1)
         kpos = Signal(kpos_bits)
 
-        # Terminal counts: `x + 1 == field` shares the counter's own incrementer (x runs 0 ..
-        # field - 1, so x + 1 fits x's width), where `x == field - 1` would need a subtractor.
+        # Terminal counts are registers, `last_x` <=> `x == field - 1`, set when x is loaded (from
+        # `x + 2 == field`): the loop-end flags feed the enables and next-value muxes of every
+        # counter and address register, so they must not wait for an incrementer and a compare
+        # (that chain was the board build's longest path).
         def step(counter, field):
             inc = Signal.like(counter, name=f"{counter.name}_inc")
-            m.d.comb += inc.eq(counter + 1)
-            return inc, inc == field
+            m.d.comb += inc.eq(counter + 1)      # x runs 0 .. field - 1, so x + 1 fits x's width
+            return inc, Signal(name=f"last_{counter.name}")
 
         j_inc, last_j = step(j, d.wpp)
         kx_inc, last_kx = step(kx, d.kw)
@@ -176,7 +179,7 @@ class Sequencer(wiring.Component):
         # Padding: a coordinate outside 0 .. size - 1; a negative one is >= 2**(cw-1) as unsigned,
         # above any map size, so one unsigned comparison per axis covers both edges.
         pad = (iy.as_unsigned() >= d.in_h) | (ix.as_unsigned() >= d.in_w)
-        a_valid = (state == _State.COMPUTE) & (wait == 0)
+        a_valid = (state == _State.COMPUTE) & wait_zero
 
         # ---- stage B: memory data and the beat ---------------------------------------------
         b_valid, b_last, b_seg_end = Signal(), Signal(), Signal()
@@ -213,25 +216,27 @@ class Sequencer(wiring.Component):
         adv = Signal()
         m.d.comb += adv.eq(advance & a_valid)
 
-        def counter(reg, inc, last, enable):
+        def counter(reg, inc, last, field, enable):
             with m.If(setup | enable):
-                m.d.sync += reg.eq(Mux(setup | last, 0, inc))
+                m.d.sync += [reg.eq(Mux(setup | last, 0, inc)),
+                             last.eq(Mux(setup | last, field == 1, (reg + 2) == field))]
 
-        counter(j, j_inc, last_j, adv)
-        counter(kx, kx_inc, last_kx, adv & last_j)
-        counter(ky, ky_inc, last_ky, adv & last_row)
-        counter(g, g_inc, last_g, adv & last_t)
-        counter(ox, ox_inc, last_ox, adv & last_px)
-        counter(oy, oy_inc, last_oy, adv & new_row)
+        counter(j, j_inc, last_j, d.wpp, adv)
+        counter(kx, kx_inc, last_kx, d.kw, adv & last_j)
+        counter(ky, ky_inc, last_ky, d.kh, adv & last_row)
+        counter(g, g_inc, last_g, d.passes, adv & last_t)
+        counter(ox, ox_inc, last_ox, d.out_w, adv & last_px)
+        counter(oy, oy_inc, last_oy, d.out_h, adv & new_row)
         with m.If(setup | adv):
             m.d.sync += [waddr.eq(Mux(setup | last_px, d.weight_addr, waddr + 1)),
                          kpos.eq(Mux(setup | last_t, 0, kpos_next))]
         with m.If(setup):
-            m.d.sync += wait.eq(0)
-        with m.Elif(wait != 0):
-            m.d.sync += wait.eq(wait - 1)
+            m.d.sync += [wait.eq(0), wait_zero.eq(1)]
+        with m.Elif(~wait_zero):
+            m.d.sync += [wait.eq(wait - 1), wait_zero.eq(wait == 1)]
         with m.Elif(adv & last_t):
-            m.d.sync += wait.eq(Mux(new_row & last_oy, 0, d.pace))
+            layer_end = new_row & last_oy
+            m.d.sync += [wait.eq(Mux(layer_end, 0, d.pace)), wait_zero.eq(layer_end | (d.pace == 0))]
 
         # Input coordinates: the window origin (iy0, ix0) moves by `stride` per output pixel; x
         # restarts at -pad on a new output row (and at set-up).  The word's own coordinates are
