@@ -419,6 +419,11 @@ class HostLink(wiring.Component):
                 m.d.comb += verdict.eq(Status.BAD_ADDRESS)
             with m.Elif(bus.busy):
                 m.d.comb += verdict.eq(Status.BUSY)
+        # Registered (a long path otherwise): SEQ reads it at least two cycles after the last
+        # field was captured; `bus.busy` can only fall by itself, so the register at worst
+        # answers BUSY for a RUN that ended in the cycle before.
+        verdict_q = Signal(4)
+        m.d.sync += verdict_q.eq(verdict)
 
         # --- reply header and small payloads -----------------------------------------------------
         r_nak = Signal()  # the reply is a NAK (code 0xFF, payload status + received code)
@@ -545,7 +550,7 @@ class HostLink(wiring.Component):
                         with m.If(last_valid & (rx_seq != (last_seq + 1)[:8])):
                             count(DevCounter.OUT_OF_ORDER)
                         m.d.sync += [last_valid.eq(1), last_seq.eq(rx_seq), last_crc.eq(rx_tail),
-                                     st.eq(verdict)]
+                                     st.eq(verdict_q)]
                         m.next = "ACT"
 
             with m.State("ACT"):

@@ -92,6 +92,8 @@ class Serializer(wiring.Component):
         passes, last_rows = self.passes[:gb], self.last_rows[:rb]
         last_g = Signal()                                    # g == passes - 1
         last_r = Signal()                                    # r == (last_rows if last_g else R) - 1
+        left = Signal(gb)                                    # passes - 1 - g: last_g' = (left == 1)
+        one_pass = Signal()                                  # passes == 1 (held from `start`)
 
         def last_row_after(r_next, g_is_last):
             return Mux(g_is_last, r_next == last_rows, r_next == rows)
@@ -113,9 +115,12 @@ class Serializer(wiring.Component):
         ]
         take = self.o.valid & self.o.ready
         m.d.comb += self.i.ready.eq(take & last_r)
-        pixel_start = [last_g.eq(passes == 1), last_r.eq(last_row_after(1, passes == 1))]
+        def pixel_start(single):
+            return [left.eq(passes - 1), last_g.eq(single), last_r.eq(last_row_after(1, single))]
+
         with m.If(self.start):
-            m.d.sync += [r.eq(0), g.eq(0), first.eq(1), gap.eq(0), *pixel_start]
+            m.d.sync += [r.eq(0), g.eq(0), first.eq(1), gap.eq(0), one_pass.eq(passes == 1),
+                         *pixel_start(passes == 1)]
             if not pow2:
                 m.d.sync += c.eq(0)
             if rows > 4:
@@ -125,10 +130,11 @@ class Serializer(wiring.Component):
             with m.If(last_r):
                 m.d.sync += [r.eq(0), g.eq(Mux(last_g, 0, g_inc)), first.eq(last_g)]
                 with m.If(last_g):
-                    m.d.sync += pixel_start
+                    m.d.sync += pixel_start(one_pass)
                 with m.Else():
-                    next_last_g = (g + 2)[:gb + 1] == passes
-                    m.d.sync += [last_g.eq(next_last_g), last_r.eq(last_row_after(1, next_last_g))]
+                    next_last_g = left == 1
+                    m.d.sync += [left.eq(left - 1), last_g.eq(next_last_g),
+                                 last_r.eq(last_row_after(1, next_last_g))]
                 if not pow2:
                     m.d.sync += c.eq(Mux(last_g, 0, c + 1))
                 if rows > 4:
