@@ -805,8 +805,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "beta: --beta B sets beta_w (weight segment size); beta_a (activation segment size) defaults to 2, the\n"
-            "  paper's best trade-off (beta_w=16, beta_a=2); --beta-w / --beta-a override.  Powers of two in 2..64,\n"
-            "  beta_a <= beta_w (beta_a=1, full-precision activations, is not supported by the hardware).\n"
+            "  paper's best trade-off (beta_w=16, beta_a=2); --beta-w / --beta-a override.  Powers of two, beta_w in\n"
+            "  2..64, beta_a in 1..64, beta_a <= beta_w (beta_a=1: one delta_a code per activation, the paper's HBWN).\n"
             "array: without --rows/--lanes the largest rows x lanes that the resource estimate fits in 90% of the\n"
             "  chip's logic cells (and its EBR and DSPs) is chosen; the estimate is a linear model, not synthesis.\n"
             "tools: YoWASP (pip) unless YOSYS / NEXTPNR_ICE40 / ICEPACK name other commands.\n"
@@ -851,9 +851,10 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _pow2_arg(name: str, v: int | None) -> None:
-    if v is not None and v not in _BETAS:
-        raise UsageError(f"{name} must be a power of two in 2..64 ({', '.join(map(str, _BETAS))}), not {v}")
+def _pow2_arg(name: str, v: int | None, allowed: tuple[int, ...] = _BETAS) -> None:
+    if v is not None and v not in allowed:
+        raise UsageError(f"{name} must be a power of two in {allowed[0]}..{allowed[-1]} "
+                         f"({', '.join(map(str, allowed))}), not {v}")
 
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
@@ -866,7 +867,7 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         raise UsageError(f"--board must be one of {', '.join(BOARDS)}, not {args.board!r}")
     _pow2_arg("--beta", args.beta)
     _pow2_arg("--beta-w", args.beta_w)
-    _pow2_arg("--beta-a", args.beta_a)
+    _pow2_arg("--beta-a", args.beta_a, (1, *_BETAS))
     beta_w = args.beta_w if args.beta_w is not None else args.beta if args.beta is not None else DEFAULT_BETA
     beta_a = args.beta_a if args.beta_a is not None else min(DEFAULT_BETA_A, beta_w)
     if beta_a > beta_w:

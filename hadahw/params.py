@@ -47,8 +47,10 @@ class AcceleratorConfig:
     lanes : int
         ``L``: sign bits each PE consumes per cycle; a power of two in 8..256.
     beta_w, beta_a : int
-        Weight and activation segment sizes; powers of two in 2..64 with ``beta_a <= beta_w``.
-        ``beta_a = 1`` (full-precision activations, HBWN) is not supported yet.
+        Weight and activation segment sizes: powers of two, ``beta_w`` in 2..64, ``beta_a`` in
+        1..64, ``beta_a <= beta_w``.  ``beta_a = 1`` gives every activation its own delta_a code
+        (sign-magnitude activations, the paper's HBWN): the engine's delta_a product becomes an
+        AND per lane, and an activation entry holds L codes.
     weight_delta : DeltaFormat
         Code format of delta_w (``fixed`` or ``log2``); ``log2`` makes the delta_w product a shift.
     act_bits : int
@@ -123,13 +125,10 @@ class AcceleratorConfig:
             raise ValueError(f"rows must be an integer in 1..1024, not {self.rows!r}")
         if not _is_int(self.lanes) or not _is_pow2(self.lanes) or not 8 <= self.lanes <= 256:
             raise ValueError(f"lanes must be a power of two in 8..256, not {self.lanes!r}")
-        for name in ("beta_w", "beta_a"):
+        for name, lo in (("beta_w", 2), ("beta_a", 1)):
             beta = getattr(self, name)
-            if name == "beta_a" and _is_int(beta) and beta == 1:
-                raise ValueError("beta_a must be a power of two in 2..64, not 1: full-precision activations "
-                                 "(HBWN) are not supported yet")
-            if not _is_int(beta) or not _is_pow2(beta) or not 2 <= beta <= 64:
-                raise ValueError(f"{name} must be a power of two in 2..64, not {beta!r}")
+            if not _is_int(beta) or not _is_pow2(beta) or not lo <= beta <= 64:
+                raise ValueError(f"{name} must be a power of two in {lo}..64, not {beta!r}")
         if self.beta_a > self.beta_w:
             raise ValueError(f"beta_a must not exceed beta_w (segments must nest), not beta_a={self.beta_a} > "
                              f"beta_w={self.beta_w}")

@@ -78,9 +78,9 @@ class PEDatapath:
     def __init__(self, *, lanes: int, beta_w: int, beta_a: int, act_bits: int, weight_bits: int,
                  weight_kind: str = "fixed", scaling: str = "shiftadd", acc_bits: int,
                  levels_per_stage: int = 2, correction_stage: int = 0):
-        for name, v in (("lanes", lanes), ("beta_w", beta_w), ("beta_a", beta_a)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 2 or v & (v - 1):
-                raise ValueError(f"{name} must be a power of two >= 2, not {v!r}")
+        for name, v, lo in (("lanes", lanes, 2), ("beta_w", beta_w, 2), ("beta_a", beta_a, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo or v & (v - 1):
+                raise ValueError(f"{name} must be a power of two >= {lo}, not {v!r}")
         if beta_a > beta_w:
             raise ValueError(f"beta_a must not exceed beta_w, not {beta_a} > {beta_w}")
         if weight_kind not in ("fixed", "log2"):

@@ -219,6 +219,10 @@ DEFAULT_CASES = [
      Spec((20,), ("linear", 10), ("linear", 5))),
     ("fc-fc-ba16gtL-bw32-L8-R3-log2", dict(lanes=8, rows=3, bw=32, ba=16, fmt=LOG2_4),
      Spec((40,), ("linear", 20), ("linear", 3))),
+    # beta_a = 1 (HBWN): one delta_a code per activation, written by the binarizer per value.
+    ("conv-ba1-bw4-L8-R2", dict(lanes=8, rows=2, bw=4, ba=1), CONV3(8, 4, 8, 12, 5)),
+    ("fc-fc-ba1-bw8-L16-R3-log2-shiftadd", dict(lanes=16, rows=3, bw=8, ba=1, fmt=LOG2_4, scaling="shiftadd"),
+     Spec((37,), ("linear", 20), ("linear", 4))),
 ]
 
 

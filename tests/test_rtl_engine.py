@@ -21,7 +21,8 @@ from hadahw.rtl.engine import DotEngine, EngineTiming, input_layout
 from hadahw.rtl.pe import PE
 
 BETAS = [2, 4, 8, 16, 32, 64]
-PAIRS = [(bw, ba) for bw in BETAS for ba in BETAS if ba <= bw]
+#: beta_a = 1: every activation has its own delta_a code (HBWN).
+PAIRS = [(bw, ba) for bw in BETAS for ba in [1, *BETAS] if ba <= bw]
 
 FIXED8 = DeltaFormat()
 LOG2_4 = DeltaFormat(bits=4, kind="log2")
