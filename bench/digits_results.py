@@ -10,17 +10,18 @@ integer golden accuracy (default lowering, :func:`bench.digits_table.golden_stat
 ``bench/digits_table.py`` (:func:`bench.digits_table.size_ratios`: packed/FP32 by ``hadahw.size``;
 ``lowered``: bytes of the lowered integer model over the FP32 parameter bytes).
 
-Hardware: when the network has binarized layers the accelerator supports (``beta_a >= 2`` with
-betas in 2..64), the checkpoint runs on the simulated board exactly as ``python -m hadahw.run --sim``
+Hardware: when the network has layers the accelerator supports (binarized weights, ``beta_w``
+in 2..64, ``beta_a`` in 1..64), the checkpoint runs on the simulated board exactly as ``python -m hadahw.run --sim``
 (:func:`hadahw.run.run_checkpoint`), on the board build's configuration -- what ``python -m hadahw.build --board icebreaker`` builds
 for the network's betas (board defaults, automatic size), with the delta_w format and activation
 bits of the network's binarized layers (:func:`board_config`) -- over ``--images`` test
 images (chosen with seed 0, the same for every variant).  Recorded: hardware accuracy on those
 images, predictions and output values that differ from the golden model, measured vs predicted
-cycles, the modeled latency (compute = cycles at 18 MHz; transfer = the inference's bytes at 1 Mbaud,
+cycles, the modeled latency (compute = cycles at the build's default clock; transfer = the inference's bytes at 1 Mbaud,
 8N1) and the estimated energy per inference (:mod:`hadahw.energy`; resources estimated by
-:data:`hadahw.build.MODEL` for the configuration).  The full-precision (``fp``) and weight-only
-(``hbwn*``, ``beta_a = 1``) variants run entirely on the host ("host only"); ``xnor`` has betas the
+:data:`hadahw.build.MODEL` for the configuration).  The full-precision (``fp``) variant runs
+entirely on the host ("host only"); the weight-binarized ``hbwn*`` variants (``beta_a = 1``) run
+their hidden layers on a ``--beta-a 1`` build; ``xnor`` has betas the
 hardware does not take (``beta_w`` = the whole reduction > 64) and, for the CNN, no integer lowering.
 
 Writes ``digits_results.json`` (every run, per seed, with its settings) and ``digits_results.md`` into
@@ -55,6 +56,7 @@ from hadahw.build import DEFAULT_BAUD, DEFAULT_CLOCK_MHZ, MODEL, board_build_con
 from hadahw.lower_net import lower_network_full, weight_bytes  # noqa: E402
 from hadahw.nets import MODEL_NAMES, VARIANTS  # noqa: E402
 from hadahw.params import AcceleratorConfig  # noqa: E402
+from hadahw.sw.partition import reference_layer  # noqa: E402
 from hadahw.train import DEFAULTS, fit, load_split, save_checkpoint  # noqa: E402
 
 DEFAULT_VARIANTS = ["fp", "hbwn4", "hbwn8", "hada4-4", "hada16-2", "xnor", "xnor-hw"]
@@ -125,13 +127,11 @@ def board_config(layers) -> AcceleratorConfig:
 
     What ``python -m hadahw.build --board icebreaker --beta-w BW --beta-a BA`` builds (board
     defaults, automatic array size: :func:`hadahw.build.board_build_config`) with ``weight_delta``
-    and ``act_bits`` of the first layer with ``beta_a >= 2``.  Raises ValueError when there is none
-    or the betas are outside what the hardware takes.
+    and ``act_bits`` of the first layer with binarized weights
+    (:func:`hadahw.sw.partition.reference_layer`).  Raises ValueError when there is none or the
+    betas are outside what the hardware takes.
     """
-    cand = [layer for layer in layers if layer.beta_a >= 2]
-    if not cand:
-        raise ValueError("no binarized layer (beta_a >= 2)")
-    ref = cand[0]
+    ref = reference_layer(layers)
     base = board_build_config("--board", "icebreaker", "--beta-w", str(ref.beta_w), "--beta-a", str(ref.beta_a))
     return dataclasses.replace(base, weight_delta=ref.weight_format, act_bits=ref.act_bits)
 
@@ -140,8 +140,8 @@ def hardware_run(ckpt: Path, layers, images, skip: bool) -> dict:
     """``{"status": ...}`` and, for ``"ran"``, the measurements of the simulated-board run."""
     if layers is None:
         return {"status": "float only", "detail": "no integer lowering"}
-    if all(layer.beta_a == 1 for layer in layers):
-        return {"status": "host only", "detail": "beta_a = 1 everywhere: no layer for the accelerator"}
+    if all(layer.beta_w == 1 for layer in layers):
+        return {"status": "host only", "detail": "beta_w = 1 everywhere: no layer for the accelerator"}
     try:
         cfg = board_config(layers)
     except ValueError as e:
@@ -312,7 +312,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"estimate combines the configuration's logic-cell count (the resource model's estimate), the measured "
         f"cycles and the modeled transfer time with per-rail current measurements of an iCE40UP5K published in "
         f"tinyvision-ai-inc/ice40_power: {e['static_ua']:g} µA core current of a blank device at {e['v_core']:g} V "
-        f"(static), {e['pll_ua']:g} µA on the PLL supply (the 18 MHz clock comes from the PLL), "
+        f"(static), {e['pll_ua']:g} µA on the PLL supply (the {DEFAULT_CLOCK_MHZ:g} MHz clock comes from the PLL), "
         f"{e['clock_pj']:g} pJ per cycle for a running clock network (slope of a small design's current over "
         f"6–48 MHz), and per logic cell per cycle {e['lc_pj_low']:g} pJ (counters: low toggle activity) to "
         f"{e['lc_pj_high']:g} pJ (a multiplier in logic: high activity), central value their geometric mean "
@@ -321,7 +321,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"modeled (no per-access figure for them was available). Treat the figures as order-of-magnitude "
         f"estimates.{_transfer_share(rows)}",
         "",
-        "Host-only variants (`fp`, `hbwn*`: β_a = 1) have no accelerator part; `xnor` (β = the whole reduction) "
+        "The host-only variant (`fp`) has no accelerator part; `hbwn*` (β_a = 1) runs on a `--beta-a 1` build of "
+        "its β_w; `xnor` (β = the whole reduction) "
         "is outside the hardware's β range (2..64), and the CNN's `xnor` has no integer lowering (see "
         "`bench/results/digits.md`). Per-seed values, the configurations, the bytes per inference and the energy "
         "bounds are in `digits_results.json`.",

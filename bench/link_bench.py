@@ -165,9 +165,10 @@ def board_config(layers=None):
     import dataclasses
 
     from hadahw.build import board_build_config
+    from hadahw.sw.partition import reference_layer
     if layers is None:
         return board_build_config("--board", "icebreaker", "--beta", "16")
-    ref = [layer for layer in layers if layer.beta_a >= 2][0]
+    ref = reference_layer(layers)
     base = board_build_config("--board", "icebreaker", "--beta-w", str(ref.beta_w), "--beta-a", str(ref.beta_a))
     return dataclasses.replace(base, weight_delta=ref.weight_format, act_bits=ref.act_bits)
 

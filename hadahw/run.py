@@ -179,7 +179,7 @@ def default_config(layers: Sequence[QLayer]) -> AcceleratorConfig:
     """``AcceleratorConfig()`` defaults, adapted to a network.
 
     Betas, delta_w format and ``act_bits`` are those of the network's first layer with
-    ``beta_a >= 2`` (the hardware needs binarized activations); the memories (``weight_depth``,
+    binarized weights (:func:`hadahw.sw.partition.reference_layer`); the memories (``weight_depth``,
     ``act_depth``, ``param_depth``, ``desc_bytes``), ``max_reduction``, ``max_pool``,
     ``max_channels`` and ``max_pool_width`` are the defaults or, where the accelerator's share of
     the network (:func:`hadahw.sw.partition.partition_network`) needs more, that need rounded up
@@ -187,12 +187,9 @@ def default_config(layers: Sequence[QLayer]) -> AcceleratorConfig:
     no such configuration exists.
     """
     from hadahw.program import DESCRIPTOR_BYTES, compile_network, pow2_ceil
-    from hadahw.sw.partition import partition_network
+    from hadahw.sw.partition import partition_network, reference_layer
 
-    cand = [layer for layer in layers if layer.beta_a >= 2]
-    if not cand:
-        raise ValueError("no layer of the network has beta_a >= 2 (the accelerator binarizes activations)")
-    ref = cand[0]
+    ref = reference_layer(layers)
     base = AcceleratorConfig(beta_w=ref.beta_w, beta_a=ref.beta_a, weight_delta=ref.weight_format,
                              act_bits=ref.act_bits)
     start, stop = partition_network(layers, base)

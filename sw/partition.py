@@ -1,7 +1,8 @@
 """Hybrid networks: the layers the accelerator cannot run stay on the host.
 
 The digits networks (and the paper's) keep their first and last layer at full precision
-(``beta_w = beta_a = 1``), which :class:`~hadahw.params.AcceleratorConfig` does not support.
+(``beta_w = beta_a = 1``); :class:`~hadahw.params.AcceleratorConfig` needs binarized weights
+(``beta_w >= 2``; ``beta_a = 1``, HBWN's full-precision activations, is fine).
 :func:`partition_network` splits a lowered network into
 
 * a *head* of host layers (run with :func:`hadahw.golden.run_layer`),
@@ -34,7 +35,17 @@ from hadahw.golden import QAct, QLayer, act_from_int, run_layer
 from hadahw.params import AcceleratorConfig
 from hadahw.program import Program, compile_network
 
-__all__ = ["HybridNetwork", "partition_network", "layer_placement"]
+__all__ = ["HybridNetwork", "partition_network", "layer_placement", "reference_layer"]
+
+
+def reference_layer(layers: Sequence[QLayer]) -> QLayer:
+    """The network's first layer with binarized weights (``beta_w >= 2``), whose betas, delta_w
+    format and ``act_bits`` an accelerator for the network takes.  ValueError when there is none
+    (a full-precision network has nothing for the accelerator)."""
+    for layer in layers:
+        if layer.beta_w >= 2:
+            return layer
+    raise ValueError("no layer of the network has binarized weights (beta_w >= 2): nothing for the accelerator")
 
 
 def _accepts(config: AcceleratorConfig, layer: QLayer) -> str | None:

@@ -47,6 +47,18 @@ def test_trained_mlp_subset_on_the_board_configuration(tmp_path):
     assert [layer["where"] for layer in rep.layers] == ["host", "accelerator", "host"]
 
 
+def test_trained_hbwn_mlp_subset_on_a_beta_a_1_build(tmp_path):
+    """HBWN (binarized weights, full-precision activations: beta_a = 1) on what
+    ``python -m hadahw.build --beta 4 --beta-a 1 --board icebreaker`` builds."""
+    config = board_build_config("--beta", "4", "--beta-a", "1", "--board", "icebreaker")
+    assert (config.beta_w, config.beta_a) == (4, 1)
+    result = fit("digits-mlp", "hbwn4", epochs=3, seed=0, quiet=True)
+    ckpt = save_checkpoint(result, tmp_path / "hbwn.pt")
+    rep = run_cli.run_checkpoint(ckpt, config, images=4, seed=0)
+    _check(rep, ckpt, 4)
+    assert [layer["where"] for layer in rep.layers] == ["host", "accelerator", "host"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["digits-mlp", "digits-cnn"])
 def test_whole_test_set_on_the_board_configuration(model, tmp_path):

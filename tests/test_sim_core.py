@@ -131,6 +131,10 @@ SLOW_CONFIGS = [
     ("R4-L16-bw32gtL-ba8-log2x5", config_kwargs(lanes=16, rows=4, bw=32, ba=8, fmt=LOG2_5, weight_depth=256),
      [(Spec((4, 4, 8), ("conv", 16, 3, 1, 1, 2), ("linear", 6)), 50),
       (Spec((48,), ("linear", 17), ("linear", 5)), 51)]),
+    # beta_a = 1 (HBWN); the default run covers it through the whole board (test_e2e_digits).
+    ("R2-L8-bw4-ba1-fixed8-dsp", config_kwargs(lanes=8, rows=2, bw=4, ba=1, weight_depth=256),
+     [(Spec((4, 4, 8), ("conv", 8, 3, 1, 1, 2), ("conv", 12, 3, 2, 1, 1), ("linear", 5)), 60),
+      (Spec((37,), ("linear", 20), ("linear", 4)), 61)]),
 ]
 
 
