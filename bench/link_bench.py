@@ -13,7 +13,7 @@ Three measurements, combined by arithmetic that the Markdown spells out:
 2. **Gateware timing** (measured in simulation, in clock cycles).  The board design
    (:class:`hadahw.rtl.top.UARTSystem`: UART, FIFO, HostLink, HadaCore) runs under Verilator
    (:class:`hadahw.sim.uart_board.SimulatedBoard`) at the *board's* UART divisor
-   (``round(clock / baud)``: 18 at 18 MHz and 1 Mbaud, 6 at 3 Mbaud), with the bench's wire log
+   (``round(clock / baud)``: 24 at 24 MHz and 1 Mbaud, 8 at 3 Mbaud), with the bench's wire log
    on: the simulated time of every byte on ``rx``/``tx`` and of every edge of the core's ``busy``.
    Per transaction: the turnaround (end of the request's last stop bit to the reply's first start
    bit), the reply's span on the wire against ``bytes x 10 x divisor`` (gaps between reply
@@ -1124,7 +1124,8 @@ def main(argv=None) -> int:
         "inference (checked), the core's busy output was high for "
         + ("exactly that many cycles" if busy_exact else "a different number of cycles (see part 4)")
         + ", and every output equals the golden model (checked).",
-        "Derived: seconds = cycles / f at f = 18 MHz (the build's clock; the simulation's 10 ns period is "
+        f"Derived: seconds = cycles / f at f = {clock_hz / 1e6:g} MHz (the build's clock; the simulation's "
+        "10 ns period is "
         "irrelevant, only cycle counts are used) and the link-bound times and throughputs from the formula. "
         "Host gaps inside the simulation are never used (the simulator is far slower than the board).",
         "Assumed: the host sends each request the moment the previous reply ended and bytes back to back "
