@@ -32,7 +32,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, connect
 
 from hadahw.params import AcceleratorConfig
-from hadahw.program import MemoryMap
+from hadahw.program import FLAG_FINAL, FLAG_NARROW, FLAG_RELU, FLAG_SATURATE, MemoryMap
 from hadahw.protocol import Space, Status
 
 from .binarizer import Binarizer
@@ -41,7 +41,7 @@ from .hostbus import SPACE_BITS, HostBusSignature
 from .memories import EntryMemory, EntryStager
 from .pool import MaxPool
 from .requant import Requantizer
-from .sequencer import Sequencer
+from .sequencer import Sequencer, flag_bit
 from .serializer import Serializer, value_layout
 from .streams import SkidBuffer
 from .writer import ActWriter
@@ -115,8 +115,8 @@ class HadaCore(wiring.Component):
 
         busy = seq.busy
         d = seq.desc
-        final = d.flags[0]
-        narrow = d.flags[3]          # FLAG_NARROW: a final value takes one entry
+        final, relu, saturate, narrow = (flag_bit(d.flags, f) for f in (FLAG_FINAL, FLAG_RELU, FLAG_SATURATE,
+                                                                          FLAG_NARROW))
         pooling = d.pool != 1
 
         # ---- host bus: writes ---------------------------------------------------------------
@@ -201,7 +201,7 @@ class HadaCore(wiring.Component):
         connect(m, ser.o, vals.i)
         m.d.comb += [
             pool.config.width.eq(d.out_w), pool.config.channels.eq(d.n), pool.config.window.eq(d.pool),
-            rq.config.shift.eq(d.shift), rq.config.relu.eq(d.flags[1]), rq.config.saturate.eq(d.flags[2]),
+            rq.config.shift.eq(d.shift), rq.config.relu.eq(relu), rq.config.saturate.eq(saturate),
             rq.config.out_bits.eq(d.out_bits),
             binz.config.log2_beta_a.eq(d.log2_out_beta_a),
         ]

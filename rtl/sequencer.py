@@ -45,7 +45,13 @@ from hadahw.program import (DESCRIPTOR_BYTES, DESCRIPTOR_FIELDS, FLAG_FINAL, IGN
 from .engine import input_layout
 from .layouts import act_entry_layout, descriptor_layout, weight_entry_layout
 
-__all__ = ["Sequencer"]
+__all__ = ["Sequencer", "flag_bit"]
+
+
+def flag_bit(flags, flag: int):
+    """The bit of a descriptor's ``flags`` field that holds ``flag`` (one of ``hadahw.program.FLAG_*``)."""
+    assert flag > 0 and flag & (flag - 1) == 0, "a flag is a single bit"
+    return flags[flag.bit_length() - 1]
 
 
 class _State(enum.IntEnum):
@@ -129,8 +135,7 @@ class Sequencer(wiring.Component):
         raddr = Signal(range(cfg.desc_bytes + 1))
         fcnt = Signal(range(nd + 1))
         bad = Signal()  # the descriptor being fetched failed a check (see _capture)
-        final = d.flags[0]
-        assert FLAG_FINAL == 1
+        final = flag_bit(d.flags, FLAG_FINAL)
 
         m.d.comb += [self.busy.eq(state != _State.IDLE), self.run.ready.eq(state == _State.IDLE)]
 
