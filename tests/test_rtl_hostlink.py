@@ -237,6 +237,20 @@ def _cobs_cases(rng):
     return cases
 
 
+def _simulate(dut, testbench):
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+
+
+def _assert_framed(cases, got):
+    """Each ``got`` is its raw ``cases`` entry as the protocol frames it: 0x00, COBS, 0x00."""
+    assert len(got) == len(cases)
+    for raw, wire in zip(cases, got):
+        assert wire == b"\x00" + P.cobs_encode(raw) + b"\x00", raw.hex()
+
+
 def test_cobs_encoder_matches_protocol():
     rng = random.Random(7)
     cases = _cobs_cases(rng)
@@ -265,12 +279,8 @@ def test_cobs_encoder_matches_protocol():
                     break
             got.append(bytes(out))
 
-    sim = Simulator(bench)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
-    for raw, wire in zip(cases, got):
-        assert wire == b"\x00" + P.cobs_encode(raw) + b"\x00", raw.hex()
+    _simulate(bench, testbench)
+    _assert_framed(cases, got)
 
 
 def test_cobs_decoder_matches_protocol():
@@ -293,10 +303,7 @@ def test_cobs_decoder_matches_protocol():
                 tokens.append((tok.end, tok.truncated, tok.data))
             pos += i_rdy
 
-    sim = Simulator(dec)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
+    _simulate(dec, testbench)
     # Rebuild frames from tokens and compare with the software decoder.
     decoded, cur = [], bytearray()
     for end, truncated, d in tokens:
@@ -362,12 +369,8 @@ def test_cobs_writer_matches_protocol():
             end = mem.index(0, base + 1)
             got.append(mem[base:end + 1])
 
-    sim = Simulator(bench)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
-    for raw, wire in zip(cases, got):
-        assert wire == b"\x00" + P.cobs_encode(raw) + b"\x00", raw.hex()
+    _simulate(bench, testbench)
+    _assert_framed(cases, got)
 
 
 # HostLink vs DevModel --------------------------------------------------------------------------------
