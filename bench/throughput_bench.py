@@ -80,8 +80,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -92,6 +90,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from hadahw.params import AcceleratorConfig  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synth_bench import machine_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUILD_ARGS = ("--beta", "16", "--board", "icebreaker")
@@ -534,19 +535,6 @@ def digits_networks(config: AcceleratorConfig, clock_mhz: float) -> tuple[list[d
 # Provenance
 
 
-def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cpus": os.cpu_count(), "node": platform.node()}
-
-
 def git_info() -> dict:
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -625,7 +613,7 @@ def markdown(res: dict) -> str:
            if clk["fmax_mhz"] else clk["fmax_source"])
         + f". Logic cells: {clk['lc']} of {clk['lc_available']} ({clk['lc_source']}).",
         "",
-        f"Run {meta['date']} on {meta['machine']['cpu'] or 'unknown CPU'} ({meta['machine']['cpus']} CPUs, "
+        f"Run {meta['date']} on {meta['machine']['cpu_model']} ({meta['machine']['cores']} CPUs, "
         f"{meta['machine']['platform']}, Python {meta['machine']['python']}); git "
         + (f"{git['commit'][:12]}" + (f" with modified {', '.join(git['modified'])}" if git["modified"] else "")
            if git["commit"] else "not available")
