@@ -90,6 +90,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from hadahw.params import AcceleratorConfig  # noqa: E402
+from hadahw.params import load_config as params_load_config  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synth_bench import machine_info  # noqa: E402
@@ -251,13 +252,9 @@ def aggregate(rows: list[dict], cycles: int, config: AcceleratorConfig, clock_mh
 
 def load_config(path: str) -> AcceleratorConfig:
     try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise UsageError(f"--config: cannot read {path!r} ({e.strerror or e})") from None
-    try:
-        return AcceleratorConfig.from_json(text)
+        return params_load_config(path)
     except ValueError as e:
-        raise UsageError(f"--config: {path!r} is not an accelerator configuration: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"--config: {e}") from None
 
 
 def load_report(path: Path, config: AcceleratorConfig | None) -> tuple[dict | None, str]:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from .contract import DeltaFormat, acc_bits, signed_bits
 
-__all__ = ["AcceleratorConfig", "SCALING_MODES", "WEIGHT_MEMORIES", "SPRAM_WIDTH", "SPRAM_DEPTH", "SPRAM_BLOCKS"]
+__all__ = ["AcceleratorConfig", "load_config", "SCALING_MODES", "WEIGHT_MEMORIES", "SPRAM_WIDTH", "SPRAM_DEPTH", "SPRAM_BLOCKS"]
 
 #: How the delta_w product is built: ``"dsp"`` writes ``*`` (``synth_ice40 -dsp`` infers SB_MAC16),
 #: ``"shiftadd"`` sums shifted partial products in logic.  The delta_a product is always shift-add.
@@ -329,3 +329,20 @@ class AcceleratorConfig:
         except json.JSONDecodeError as e:
             raise ValueError(f"accelerator configuration is not valid JSON: {e}") from None
         return cls.from_dict(d)
+
+
+def load_config(path) -> AcceleratorConfig:
+    """The :class:`AcceleratorConfig` in the JSON file ``path`` (e.g. a build's ``config.json``).
+
+    Raises a one-line ValueError naming the file when it cannot be read or does not hold a valid
+    configuration.
+    """
+    from pathlib import Path
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read {str(path)!r} ({e.strerror or e})") from None
+    try:
+        return AcceleratorConfig.from_json(text)
+    except ValueError as e:
+        raise ValueError(f"{str(path)!r} is not an accelerator configuration: {str(e).splitlines()[0]}") from None

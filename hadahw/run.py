@@ -53,6 +53,7 @@ import numpy as np
 
 from hadahw.golden import QLayer
 from hadahw.params import AcceleratorConfig
+from hadahw.params import load_config as params_load_config
 from hadahw.train import _int_arg  # the same integer flag parser as the training CLI
 
 __all__ = ["RunReport", "default_config", "board_figures", "run_checkpoint", "main", "EXIT_OK", "EXIT_MISMATCH",
@@ -375,13 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_config(path: str) -> AcceleratorConfig:
     try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise UsageError(f"--config: cannot read {path!r} ({e.strerror or e})") from None
-    try:
-        return AcceleratorConfig.from_json(text)
+        return params_load_config(path)
     except ValueError as e:
-        raise UsageError(f"--config: {path!r} is not an accelerator configuration: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"--config: {e}") from None
 
 
 def _load_model(path: str):

@@ -27,6 +27,7 @@ from hadahw.rtl.uart import UARTRx, UARTTx
 from hadahw.sw.devmodel import DevModel
 from hadahw.sw.link import DeviceError, Link
 from hadahw.sw.transport import BytePipe, FaultyPipe
+from simutil import run_sim
 
 SIZES = {Space.WEIGHTS: 1024, Space.ACTS: 512, Space.DESC: 256}
 CONFIG = json.dumps({"beta_w": 16, "beta_a": 2, "board": "icebreaker"}, separators=(",", ":"), sort_keys=True)
@@ -237,13 +238,6 @@ def _cobs_cases(rng):
     return cases
 
 
-def _simulate(dut, testbench):
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
-
-
 def _assert_framed(cases, got):
     """Each ``got`` is its raw ``cases`` entry as the protocol frames it: 0x00, COBS, 0x00."""
     assert len(got) == len(cases)
@@ -279,7 +273,7 @@ def test_cobs_encoder_matches_protocol():
                     break
             got.append(bytes(out))
 
-    _simulate(bench, testbench)
+    run_sim(bench, testbench)
     _assert_framed(cases, got)
 
 
@@ -303,7 +297,7 @@ def test_cobs_decoder_matches_protocol():
                 tokens.append((tok.end, tok.truncated, tok.data))
             pos += i_rdy
 
-    _simulate(dec, testbench)
+    run_sim(dec, testbench)
     # Rebuild frames from tokens and compare with the software decoder.
     decoded, cur = [], bytearray()
     for end, truncated, d in tokens:
@@ -369,7 +363,7 @@ def test_cobs_writer_matches_protocol():
             end = mem.index(0, base + 1)
             got.append(mem[base:end + 1])
 
-    _simulate(bench, testbench)
+    run_sim(bench, testbench)
     _assert_framed(cases, got)
 
 

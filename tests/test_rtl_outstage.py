@@ -11,7 +11,6 @@ from amaranth.back import verilog
 from amaranth.hdl import Cat, Elaboratable, Module, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
-from amaranth.sim import Simulator
 
 from hadahw.contract import Requant, binarize_int
 from hadahw.golden import max_pool
@@ -21,6 +20,7 @@ from hadahw.rtl.memories import EntryMemory
 from hadahw.rtl.pool import MaxPool
 from hadahw.rtl.requant import Requantizer
 from hadahw.rtl.serializer import Serializer
+from simutil import run_sim
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,14 +67,6 @@ def collect(stream, count, rng, out, *, p_stall=0.3, max_cycles=200_000):
             assert cycles < max_cycles, f"timeout after {cycles} cycles with {len(out)}/{count} beats"
         ctx.set(stream.ready, 0)
     return tb
-
-
-def run_sim(dut, *testbenches):
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    for tb in testbenches:
-        sim.add_testbench(tb)
-    sim.run()
 
 
 def measure_latency(dut, beat, configure):

@@ -4,19 +4,11 @@ import numpy as np
 import pytest
 from amaranth.hdl import unsigned
 from amaranth.lib import data
-from amaranth.sim import Simulator
 
 from hadahw.rtl.streams import SkidBuffer
+from simutil import run_sim
 
 LAYOUT = data.StructLayout({"x": unsigned(12), "last": unsigned(1)})
-
-
-def _run(dut, *testbenches):
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    for tb in testbenches:
-        sim.add_testbench(tb)
-    sim.run()
 
 
 @pytest.mark.parametrize("p_idle,p_stall", [(0.0, 0.0), (0.3, 0.0), (0.0, 0.5), (0.4, 0.4), (0.1, 0.8)])
@@ -55,7 +47,7 @@ def test_skid_buffer_passes_every_beat_once_in_order(p_idle, p_stall, seed):
         if p_idle == 0 and p_stall == 0:
             assert cycles <= len(beats) + SkidBuffer.latency + 1, "one beat per cycle when nothing stalls"
 
-    _run(dut, producer, consumer)
+    run_sim(dut, producer, consumer)
     assert got == beats
 
 
@@ -76,6 +68,6 @@ def test_skid_buffer_ready_does_not_follow_o_ready_combinationally():
             await ctx.tick()
         ctx.set(dut.i.valid, 0)
 
-    _run(dut, tb)
+    run_sim(dut, tb)
     # cycle 0: empty; cycle 1: output full, skid empty; cycle 2: both full -> not ready
     assert seen == [1, 1, 1, 1, 0, 0]
