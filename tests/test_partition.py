@@ -16,7 +16,7 @@ from hadahw.contract import DeltaFormat
 from hadahw.golden import run_network
 from hadahw.lower_net import _input_act, golden_predict
 from hadahw.params import AcceleratorConfig
-from hadahw.sw.partition import HybridNetwork, layer_placement, partition_network
+from hadahw.sw.partition import HybridNetwork, layer_placement, partition_network, reference_layer
 
 import netgen
 from netgen import Spec, lowered_digits, random_network
@@ -82,3 +82,17 @@ def test_segment_that_does_not_compile_names_the_network_layers():
     small = dataclasses.replace(CFG, weight_depth=256)
     with pytest.raises(ValueError, match=r"^accelerator segment \(network layers 1\.\.1\): .*weight_depth=256"):
         HybridNetwork(net.layers, small)
+
+
+@pytest.mark.parametrize("beta_a", [2, 1])
+def test_reference_layer_is_the_first_with_binarized_weights(beta_a):
+    """HadaNet and HBWN (beta_a = 1) alike: the full-precision first layer is skipped; a network
+    without binarized weights has no reference layer."""
+    net, _ = lowered_digits("digits-mlp", 0, beta_w=4, beta_a=beta_a)
+    assert [layer.beta_w for layer in net.layers] == [1, 4, 1]
+    assert reference_layer(net.layers) is net.layers[1] and net.layers[1].beta_a == beta_a
+    hyb = HybridNetwork(net.layers, AcceleratorConfig(**{**netgen.SYSTEM_CONFIG_KW, "beta_w": 4, "beta_a": beta_a}))
+    assert (hyb.start, hyb.stop) == (1, 2)
+    with pytest.raises(ValueError, match=r"no layer of the network has binarized weights \(beta_w >= 2\)"):
+        reference_layer([net.layers[0], net.layers[2]])
+
