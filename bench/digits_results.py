@@ -250,6 +250,19 @@ def _hw_cells(rs: list[dict]) -> list[str]:
             f"{ran[0]['hardware']['resources']['lc']:,}"]
 
 
+def _arrays(rows: list[dict]) -> str:
+    """The arrays the hardware runs used, by betas: ``"2 × 8 (β 16/2, 4/4), 1 × 8 (β 4/1, 8/1)"``."""
+    by_array: dict[str, list[str]] = {}
+    for r in rows:
+        c = r["hw"].get("config")
+        if r["hw"].get("status") == "ran" and c:
+            betas = f"{c['beta_w']}/{c['beta_a']}"
+            seen = by_array.setdefault(f"{c['rows']} × {c['lanes']}", [])
+            if betas not in seen:
+                seen.append(betas)
+    return ", ".join(f"{a} (β {', '.join(b)})" for a, b in by_array.items())
+
+
 def _transfer_share(rows: list[dict]) -> str:
     """A sentence on the transfer's share of the modeled latency and energy ("" without hardware runs)."""
     ran = [r["hw"] for r in rows if r["hw"]["status"] == "ran" and r["hw"]["energy_uj_per_inference"]]
@@ -277,7 +290,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "",
         f"Hardware: the simulated board (`python -m hadahw.run --sim`: the board's UART, HostLink and HadaCore under "
         f"Verilator) on the configuration `python -m hadahw.build --board icebreaker --beta-w BW --beta-a BA` builds "
-        f"for each variant's betas ({meta['board_arrays']} array, SPRAM weight store); "
+        f"for each variant's betas ({_arrays(rows) or meta['board_arrays']}: the automatic array size for those "
+        f"betas; SPRAM weight store); "
         f"**{meta['images']} test image(s)** per run (chosen with seed {IMAGE_SEED}, the same for every variant). "
         f"The first and last layers (β = 1) run on the host with the golden model; the binarized middle on the "
         f"accelerator. Latency and energy are modeled for the iCE40 UP5K at {meta['clock_mhz']:g} MHz and "
