@@ -93,8 +93,10 @@ class AcceleratorConfig:
     Notes
     -----
     The defaults (8 rows x 16 lanes, beta_w = 16, beta_a = 2 -- the paper's best trade-off --,
-    8-bit fixed delta_w on the UP5K's 8 SB_MAC16) are a point that fits an iCE40 UP5K when
-    synthesised with ``synth_ice40 -dsp``.  The memory sizes default to what the UP5K's 30 EBR
+    8-bit fixed delta_w on the UP5K's 8 SB_MAC16) are an engine that fits an iCE40 UP5K on its own
+    (``bench/synth_bench.py``); the whole board system (core, host link) fits only much smaller
+    arrays, which ``python -m hadahw.build`` sizes automatically (2 x 8 with the board defaults,
+    :data:`hadahw.build.SPRAM_BOARD_DEFAULTS`).  The memory sizes default to what the UP5K's 30 EBR
     hold beside a HostLink (see :func:`hadahw.program.ebr_usage`): 256 weight entries,
     512 activation entries, 256 requantizer channels, 512 descriptor bytes.
     """
