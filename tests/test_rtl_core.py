@@ -427,7 +427,7 @@ def test_core_rejects_non_config():
 # Slow matrix
 
 SLOW_LANES = [(8, 3), (16, 4), (16, 5)]
-SLOW_PAIRS = [(2, 2), (4, 2), (8, 4), (16, 2), (16, 16), (32, 8), (64, 16), (64, 64)]
+SLOW_PAIRS = [(2, 2), (4, 2), (8, 4), (16, 2), (16, 16), (32, 8), (64, 16), (64, 64), (2, 1), (8, 1)]  # ba 1: HBWN
 SLOW_CASES = []
 for i, (bw, ba) in enumerate(SLOW_PAIRS):
     for j, (lanes, rows) in enumerate(SLOW_LANES):
