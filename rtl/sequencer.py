@@ -161,17 +161,17 @@ class Sequencer(wiring.Component):
         # `x + 2 == field`): the loop-end flags feed the enables and next-value muxes of every
         # counter and address register, so they must not wait for an incrementer and a compare
         # (that chain was the board build's longest path).
-        def step(counter, field):
+        def step(counter):
             inc = Signal.like(counter, name=f"{counter.name}_inc")
             m.d.comb += inc.eq(counter + 1)      # x runs 0 .. field - 1, so x + 1 fits x's width
             return inc, Signal(name=f"last_{counter.name}")
 
-        j_inc, last_j = step(j, d.wpp)
-        kx_inc, last_kx = step(kx, d.kw)
-        ky_inc, last_ky = step(ky, d.kh)
-        g_inc, last_g = step(g, d.passes)
-        ox_inc, last_ox = step(ox, d.out_w)
-        oy_inc, last_oy = step(oy, d.out_h)
+        j_inc, last_j = step(j)
+        kx_inc, last_kx = step(kx)
+        ky_inc, last_ky = step(ky)
+        g_inc, last_g = step(g)
+        ox_inc, last_ox = step(ox)
+        oy_inc, last_oy = step(oy)
         last_row = Signal()  # the word closes a kernel row
         last_t = Signal()    # ... a pass
         last_px = Signal()   # ... an output pixel (its last pass)

@@ -80,12 +80,14 @@ class Serializer(wiring.Component):
         rb = max(1, widths["last_rows"])
         cb = min(CHANNEL_BITS, max(1, (((1 << gb) - 1) * rows - 1).bit_length()))
         r = Signal(range(rows))
-        g = Signal(gb)
         pow2 = rows & (rows - 1) == 0
-        c = Cat(r[:rows.bit_length() - 1], g) if pow2 else Signal(cb)   # g*R + r
+        # The channel g*R + r: with a power-of-two R the pass index g sits above r's bits;
+        # otherwise c counts by itself (the passes are counted by `left`).
+        g = Signal(gb) if pow2 else None
+        c = Cat(r[:rows.bit_length() - 1], g) if pow2 else Signal(cb)
         first = Signal(init=1)                               # c == 0
         gap = Signal(range(self.max_spacing + 1))
-        g_inc, r_inc = g + 1, r + 1
+        r_inc = r + 1
         # "Last row of the pass" and "last pass of the pixel" are registers, computed when r and g
         # change: i.ready (= taking a pass's last value) feeds the engine's stall and the sequencer
         # behind it, so it must not wait for an incrementer and a comparison.
@@ -115,28 +117,29 @@ class Serializer(wiring.Component):
         ]
         take = self.o.valid & self.o.ready
         m.d.comb += self.i.ready.eq(take & last_r)
+
         def pixel_start(single):
             return [left.eq(passes - 1), last_g.eq(single), last_r.eq(last_row_after(1, single))]
 
         with m.If(self.start):
-            m.d.sync += [r.eq(0), g.eq(0), first.eq(1), gap.eq(0), one_pass.eq(passes == 1),
+            m.d.sync += [r.eq(0), c.eq(0), first.eq(1), gap.eq(0), one_pass.eq(passes == 1),
                          *pixel_start(passes == 1)]
-            if not pow2:
-                m.d.sync += c.eq(0)
             if rows > 4:
                 m.d.sync += sel.eq(1)
         with m.Elif(take):
             m.d.sync += gap.eq(self.spacing - 1)
             with m.If(last_r):
-                m.d.sync += [r.eq(0), g.eq(Mux(last_g, 0, g_inc)), first.eq(last_g)]
+                m.d.sync += [r.eq(0), first.eq(last_g)]
+                if pow2:
+                    m.d.sync += g.eq(Mux(last_g, 0, g + 1))
+                else:
+                    m.d.sync += c.eq(Mux(last_g, 0, c + 1))
                 with m.If(last_g):
                     m.d.sync += pixel_start(one_pass)
                 with m.Else():
                     next_last_g = left == 1
                     m.d.sync += [left.eq(left - 1), last_g.eq(next_last_g),
                                  last_r.eq(last_row_after(1, next_last_g))]
-                if not pow2:
-                    m.d.sync += c.eq(Mux(last_g, 0, c + 1))
                 if rows > 4:
                     m.d.sync += sel.eq(1)
             with m.Else():
