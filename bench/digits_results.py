@@ -14,7 +14,7 @@ Hardware: when the network has layers the accelerator supports (binarized weight
 in 2..64, ``beta_a`` in 1..64), the checkpoint runs on the simulated board exactly as ``python -m hadahw.run --sim``
 (:func:`hadahw.run.run_checkpoint`), on the board build's configuration -- what ``python -m hadahw.build --board icebreaker`` builds
 for the network's betas (board defaults, automatic size), with the delta_w format and activation
-bits of the network's binarized layers (:func:`board_config`) -- over ``--images`` test
+bits of the network's binarized layers (:func:`hadahw.build.network_board_config`) -- over ``--images`` test
 images (chosen with seed 0, the same for every variant).  Recorded: hardware accuracy on those
 images, predictions and output values that differ from the golden model, measured vs predicted
 cycles, the modeled latency (compute = cycles at the build's default clock; transfer = the inference's bytes at 1 Mbaud,
@@ -33,7 +33,6 @@ recorded in its row, not fatal.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os
@@ -52,11 +51,10 @@ import torch  # noqa: E402
 
 from digits_table import golden_stats, group_rows, log, pct, per_seed_table, size_ratios  # noqa: E402
 from hadahw import energy  # noqa: E402
-from hadahw.build import DEFAULT_BAUD, DEFAULT_CLOCK_MHZ, MODEL, board_build_config  # noqa: E402
+from hadahw.build import (DEFAULT_BAUD, DEFAULT_CLOCK_MHZ, MODEL, board_build_config,  # noqa: E402
+                          network_board_config)
 from hadahw.lower_net import lower_network_full, weight_bytes  # noqa: E402
 from hadahw.nets import MODEL_NAMES, VARIANTS  # noqa: E402
-from hadahw.params import AcceleratorConfig  # noqa: E402
-from hadahw.sw.partition import reference_layer  # noqa: E402
 from hadahw.train import DEFAULTS, fit, load_split, save_checkpoint  # noqa: E402
 
 DEFAULT_VARIANTS = ["fp", "hbwn4", "hbwn8", "hada4-4", "hada16-2", "xnor", "xnor-hw"]
@@ -122,20 +120,6 @@ def parse(argv=None) -> argparse.Namespace:
 # One model x variant x seed
 
 
-def board_config(layers) -> AcceleratorConfig:
-    """The board build's configuration with the betas and formats of ``layers``' binarized part.
-
-    What ``python -m hadahw.build --board icebreaker --beta-w BW --beta-a BA`` builds (board
-    defaults, automatic array size: :func:`hadahw.build.board_build_config`) with ``weight_delta``
-    and ``act_bits`` of the first layer with binarized weights
-    (:func:`hadahw.sw.partition.reference_layer`).  Raises ValueError when there is none or the
-    betas are outside what the hardware takes.
-    """
-    ref = reference_layer(layers)
-    base = board_build_config("--board", "icebreaker", "--beta-w", str(ref.beta_w), "--beta-a", str(ref.beta_a))
-    return dataclasses.replace(base, weight_delta=ref.weight_format, act_bits=ref.act_bits)
-
-
 def hardware_run(ckpt: Path, layers, images, skip: bool) -> dict:
     """``{"status": ...}`` and, for ``"ran"``, the measurements of the simulated-board run."""
     if layers is None:
@@ -143,7 +127,7 @@ def hardware_run(ckpt: Path, layers, images, skip: bool) -> dict:
     if all(layer.beta_w == 1 for layer in layers):
         return {"status": "host only", "detail": "beta_w = 1 everywhere: no layer for the accelerator"}
     try:
-        cfg = board_config(layers)
+        cfg = network_board_config(layers)
     except ValueError as e:
         return {"status": "not supported", "detail": str(e).splitlines()[0]}
     if skip:

@@ -160,17 +160,12 @@ def decode_txn(phase: str, req: bytes, rep: bytes) -> Txn:
 
 def board_config(layers=None):
     """The default board build's configuration (``python -m hadahw.build --board icebreaker``: board
-    defaults, automatic size) for the network's betas, with its delta format and activation bits
-    (as :func:`hadahw.run.default_config` takes them from the first binarized layer)."""
-    import dataclasses
-
-    from hadahw.build import board_build_config
-    from hadahw.sw.partition import reference_layer
+    defaults, automatic size), for the network's betas, delta format and activation bits when
+    ``layers`` are given (:func:`hadahw.build.network_board_config`)."""
+    from hadahw.build import board_build_config, network_board_config
     if layers is None:
         return board_build_config("--board", "icebreaker", "--beta", "16")
-    ref = reference_layer(layers)
-    base = board_build_config("--board", "icebreaker", "--beta-w", str(ref.beta_w), "--beta-a", str(ref.beta_a))
-    return dataclasses.replace(base, weight_delta=ref.weight_format, act_bits=ref.act_bits)
+    return network_board_config(layers)
 
 
 def device_params(cfg) -> dict:

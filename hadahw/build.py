@@ -975,6 +975,20 @@ def board_build_config(*argv: str) -> AcceleratorConfig:
     return options_from_args(_parser().parse_args(list(argv))).config
 
 
+def network_board_config(layers, board: str = DEFAULT_BOARD) -> AcceleratorConfig:
+    """What ``python -m hadahw.build --board BOARD --beta-w BW --beta-a BA`` builds for a network.
+
+    The betas are those of the network's first layer with binarized weights
+    (:func:`hadahw.sw.partition.reference_layer`), and so are ``weight_delta`` and ``act_bits``
+    (which the CLI leaves at their defaults).  ValueError when no layer has binarized weights;
+    UsageError when the betas are outside what the hardware takes.
+    """
+    from hadahw.sw.partition import reference_layer
+    ref = reference_layer(layers)
+    base = board_build_config("--board", board, "--beta-w", str(ref.beta_w), "--beta-a", str(ref.beta_a))
+    return dataclasses.replace(base, weight_delta=ref.weight_format, act_bits=ref.act_bits)
+
+
 def _achieved_mhz(opts: BuildOptions) -> float:
     from hadahw.rtl.top import pll_params
     if abs(opts.clock_mhz - opts.board.clock_mhz) < 1e-9:

@@ -412,3 +412,19 @@ def test_icebreaker_build_small_config(tmp_path, capsys):
     # a second run is cached
     code2, stdout2, _ = run_cli(capsys, *argv)
     assert code2 == code and json.loads(stdout2)["cached"] is True
+
+
+@pytest.mark.parametrize("beta_w,beta_a", [(16, 2), (4, 1)])
+def test_network_board_config_takes_the_first_binarized_layers_formats(beta_w, beta_a):
+    """The CLI's build for the network's betas, with that layer's delta_w format and act_bits."""
+    import dataclasses
+
+    from netgen import lowered_digits
+    net, _ = lowered_digits("digits-mlp", 0, beta_w=beta_w, beta_a=beta_a)
+    ref = net.layers[1]
+    layers = [net.layers[0], dataclasses.replace(ref, act_bits=6), net.layers[2]]
+    cfg = B.network_board_config(layers)
+    want = B.board_build_config("--board", "icebreaker", "--beta-w", str(beta_w), "--beta-a", str(beta_a))
+    assert cfg == dataclasses.replace(want, weight_delta=ref.weight_format, act_bits=6)
+    with pytest.raises(ValueError, match=r"no layer of the network has binarized weights"):
+        B.network_board_config([net.layers[0], net.layers[2]])
