@@ -350,16 +350,17 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     command = "python bench/digits_results.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     tasks = [(m, v, s) for m in args.models for v in args.variants for s in args.seeds]
+    # The board build for the betas of every requested variant the hardware takes (binarized weights).
+    hw_betas = sorted({VARIANTS[v][:2] for v in args.variants
+                       if all(isinstance(b, int) for b in VARIANTS[v][:2]) and 2 <= VARIANTS[v][0] <= 64})
+    boards = {f"{bw}/{ba}": board_build_config("--board", "icebreaker", "--beta-w", str(bw), "--beta-a", str(ba))
+              for bw, ba in hw_betas}
     meta = {"command": command.strip(), "epochs": args.epochs, "seeds": args.seeds, "models": args.models,
             "variants": args.variants, "images": args.images, "image_seed": IMAGE_SEED, "skip_hw": args.skip_hw,
             "threads": args.threads, "lr": DEFAULTS["lr"], "batch_size": DEFAULTS["batch_size"], "data": split.info,
             "clock_mhz": DEFAULT_CLOCK_MHZ, "baud": DEFAULT_BAUD,
-            "board_config": {f"{bw}/{ba}": board_build_config("--board", "icebreaker", "--beta-w", str(bw),
-                                                               "--beta-a", str(ba)).to_dict()
-                             for bw, ba in ((4, 4), (16, 2))},
-            "board_arrays": ", ".join(sorted({f"{c.rows} × {c.lanes}" for c in (
-                board_build_config("--board", "icebreaker", "--beta-w", str(bw), "--beta-a", str(ba))
-                for bw, ba in ((4, 4), (16, 2)))})),
+            "board_config": {k: c.to_dict() for k, c in boards.items()},
+            "board_arrays": ", ".join(sorted({f"{c.rows} × {c.lanes}" for c in boards.values()})),
             "resource_model": MODEL.describe(),
             "energy_model": {"method": energy.METHOD, "v_core": energy.V_CORE, "static_ua": energy.STATIC_CORE_A * 1e6,
                              "pll_ua": energy.PLL_A * 1e6, "clock_pj": energy.CLOCK_PJ_PER_CYCLE,
