@@ -176,7 +176,13 @@ class MaxPool(wiring.Component):
 
         # (With window 1 every beat starts and ends its window: the line buffer is never used.)
         rd_addr = addr
-        fwd_next = ~s1_emit & (rd_addr == s1_addr)       # the next beat would forward
+        # The next beat reads the entry the stage-1 beat writes exactly when there is one channel
+        # and it stays in the same pooled column (the window's next column, or the next window row
+        # when the map is one window wide).  That is known when the stage-1 beat is accepted, so
+        # it is registered there (``s1_same``) rather than compared address to address here: the
+        # comparison sat on the ready path, the board build's longest at 30 MHz.
+        s1_same = Signal()
+        fwd_next = ~s1_emit & s1_same                    # the next beat would forward
         mx = Signal(signed(self.acc_width))
         o_valid = Signal()
         o_free = ~o_valid | self.o_stream.ready
@@ -194,6 +200,7 @@ class MaxPool(wiring.Component):
                 s1_start.eq((r == 0) & (k == 0)),
                 s1_emit.eq(r_wrap & k_wrap),
                 s1_fwd.eq(s1_valid & fwd_next),
+                s1_same.eq((cfg.channels == 1) & (~k_wrap | (x_wrap & (cfg.width == cfg.window)))),
                 s1_chan.eq(c),
                 s1_first.eq(c == 0),
                 s1_last.eq(c_wrap),

@@ -87,7 +87,8 @@ class Requantizer(wiring.Component):
     o_stream : Out(stream.Signature(StructLayout))
         ``channel``, ``y`` (signed ``y_width``), ``first``, ``last``.
     config : In(:func:`requant_config_layout`)
-        ``shift``, ``relu``, ``saturate``, ``out_bits``; hold them stable while data is in flight.
+        ``shift``, ``relu``, ``saturate``, ``out_bits``; hold them stable while data is in flight
+        (``out_bits`` takes effect one cycle after it is set: set it before the first beat).
     param_addr, param_data, param_we : In
         Write port of the parameter memory: ``param_data`` has fields ``mult`` and ``bias``;
         written on a cycle with ``param_we`` high.  Load parameters while the stream is idle.
@@ -160,9 +161,11 @@ class Requantizer(wiring.Component):
         # Pipeline control: stage k loads when it is empty or stage k+1 (or the sink) takes its beat.
         valid = [Signal(name=f"s{k}_valid") for k in range(nst)]
         ready = [Signal(name=f"s{k}_ready") for k in range(nst)]
-        m.d.comb += ready[nst - 1].eq(~valid[nst - 1] | self.o_stream.ready)
-        for k in range(nst - 1):
-            m.d.comb += ready[k].eq(~valid[k] | ready[k + 1])
+        # ready[k] = ~valid[k] | ready[k + 1], written flat (some stage from k on is empty, or the
+        # sink takes) so that it is two LUT levels rather than a ripple through the stages: the
+        # ripple was the board build's longest path at 30 MHz.
+        for k in range(nst):
+            m.d.comb += ready[k].eq(~Cat(*valid[k:]).all() | self.o_stream.ready)
         prev = [self.i_stream.valid] + valid[:-1]
         for k in range(nst):
             with m.If(ready[k]):
@@ -249,11 +252,14 @@ class Requantizer(wiring.Component):
         nmax = self.max_out_bits
         y = Signal(signed(w))
         m.d.comb += y.eq(t3[1:].as_signed() + t3[0])
+        # `below` is decoded into a register: config is stable while beats are in flight and a
+        # beat takes four cycles to get here, and the decode in front of the saturation test was
+        # the board build's longest path at 30 MHz.
         below = Signal(nmax + 1)                     # bit nmax stays 0
         with m.Switch(cfg.out_bits):              # out_bits > max_out_bits: as max_out_bits (any
             for n in range(1 << len(cfg.out_bits)):  # value would do; this one is the cheapest)
                 with m.Case(n):
-                    m.d.comb += below.eq((1 << min(n, nmax)) - 1)
+                    m.d.sync += below.eq((1 << min(n, nmax)) - 1)
         st = t3[-1]
         u = Cat(*(t3[i] ^ st for i in range(w + 1)))
         top = min(nmax + 1, w)                       # u[i] for i >= top: always "at or above n+1"
