@@ -97,8 +97,8 @@ class Requantizer(wiring.Component):
     -----
     Pipeline: stage 0 ReLU + multiplier read, 1 product (in the SB_MAC16 output registers) + bias
     read, 2 ``+ B``, 3 ``(2v) >> S``, 4 round + saturate (output register).  Every stage loads
-    when it is empty or its successor loads, so bubbles collapse and a stalled sink stops only the
-    stages behind it.  ``M`` and ``B`` live in two memories when that costs no extra EBR, so each
+    together when the output register is empty or the sink takes it (no bubble collapsing: a
+    short enable path instead).  ``M`` and ``B`` live in two memories when that costs no extra EBR, so each
     is read in the stage that uses it; a parameter write meets no read that matters (load while
     idle), so the memories need no read-during-write logic.  An ``out_bits`` above
     ``max_out_bits`` saturates as ``max_out_bits``.
@@ -158,14 +158,15 @@ class Requantizer(wiring.Component):
         nst = self.latency
         aw, mw, bw, w = self.acc_width, self.mult_width, self.bias_width, self.y_width
 
-        # Pipeline control: stage k loads when it is empty or stage k+1 (or the sink) takes its beat.
+        # Pipeline control: one enable for every stage, "the output register is empty or the sink
+        # takes it".  Bubbles do not collapse (a stalled sink stops the whole pipeline), but the
+        # enable is one LUT from registers: the per-stage ready ripple (``~valid[k] | ready[k+1]``)
+        # that collapses bubbles was the board build's longest path at 30 MHz, and Yosys rebuilds
+        # the ripple from any flat form of it.
         valid = [Signal(name=f"s{k}_valid") for k in range(nst)]
-        ready = [Signal(name=f"s{k}_ready") for k in range(nst)]
-        # ready[k] = ~valid[k] | ready[k + 1], written flat (some stage from k on is empty, or the
-        # sink takes) so that it is two LUT levels rather than a ripple through the stages: the
-        # ripple was the board build's longest path at 30 MHz.
-        for k in range(nst):
-            m.d.comb += ready[k].eq(~Cat(*valid[k:]).all() | self.o_stream.ready)
+        advance = Signal()
+        m.d.comb += advance.eq(~valid[nst - 1] | self.o_stream.ready)
+        ready = [advance] * nst
         prev = [self.i_stream.valid] + valid[:-1]
         for k in range(nst):
             with m.If(ready[k]):

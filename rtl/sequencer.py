@@ -20,7 +20,7 @@ of consecutive words are consecutive; a kernel row steps by ``row_entries``, an 
 lane (``count = 0``).  ``seg_end`` (the word closes a weight segment) comes from a running
 reduction index modulo ``beta_w``.  Loop ends are ``counter + 1 == field`` on the counter's own
 incrementer, and the word's input coordinates are the window origin plus the kernel position.
-The descriptor is checked while it is fetched (dropped bits, zero counts) and at set-up (array
+The descriptor is checked while it is fetched, byte by byte (dropped bits, zero counts, array
 limits).  Synthesised alone for the 1x8 board configuration (yosys 0.70 ``synth_ice40``): 640
 LUT4, 241 SB_CARRY, 409 flip-flops (225 of them the descriptor register), from 897/303/437 before
 this organisation (``bench/breakdown_bench.py``).
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import enum
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -272,11 +272,10 @@ class Sequencer(wiring.Component):
             m.d.sync += orow.eq(orow_new)
 
         # ---- control -------------------------------------------------------------------------
-        # Checks of the fetched descriptor: zero counts, dropped bits and the pooling window are
-        # accumulated into `bad` byte by byte while fetching (_capture); what depends on the array
-        # size is checked here, at set-up (small constant comparisons).
-        setup_bad = bad | (d.last_count > lanes) | (d.last_rows > rows) | (d.pool > cfg.max_pool)
-        setup_bad = setup_bad | (~final & (d.log2_out_beta_a != cfg.beta_a.bit_length() - 1))
+        # Checks of the fetched descriptor (zero counts, dropped bits, limits of the array) are
+        # accumulated into `bad` byte by byte while fetching (_capture), so set-up reads one
+        # register: set-up feeds every counter's reload, and the comparisons in front of it were
+        # the board build's longest path at 30 MHz.
         m.d.comb += [self.desc_raddr.eq(raddr), self.layer_start.eq(0), self.finished.eq(0),
                      self.fault.eq(0), setup.eq(0)]
         with m.Switch(state):
@@ -297,7 +296,7 @@ class Sequencer(wiring.Component):
                 with m.If(fcnt == nd):
                     m.d.sync += state.eq(_State.SETUP)
             with m.Case(_State.SETUP):
-                with m.If(setup_bad):
+                with m.If(bad):
                     m.d.comb += [self.finished.eq(1), self.fault.eq(1)]
                     m.d.sync += state.eq(_State.IDLE)
                 with m.Else():
@@ -370,13 +369,25 @@ class Sequencer(wiring.Component):
         with m.If(((byte & zmask) != 0) | (byte_zero & (single | (hi & lo_zero)))):
             m.d.sync += bad.eq(1)
 
+        # Limits that depend on the array, checked when a field's last byte arrives (its other
+        # kept bits are in the register by then; its dropped bits are checked above).
+        cfg = self.config
+        limits = {"last_count": lambda v: v > cfg.lanes, "last_rows": lambda v: v > cfg.rows,
+                  "pool": lambda v: v > cfg.max_pool,
+                  "log2_out_beta_a": lambda v: ~flag_bit(d.flags, FLAG_FINAL) & (v != cfg.beta_a.bit_length() - 1)}
         offset = 0
         with m.Switch(fcnt):
             for name, size, _ in DESCRIPTOR_FIELDS:
                 width = widths[name]
                 for b in range(size):
                     keep = max(0, min(8, width - 8 * b))
-                    if keep:
+                    last = b == size - 1
+                    if keep or (last and name in limits):
                         with m.Case(offset + b + 1):
-                            m.d.sync += getattr(d, name)[8 * b:8 * b + keep].eq(byte[:keep])
+                            if keep:
+                                m.d.sync += getattr(d, name)[8 * b:8 * b + keep].eq(byte[:keep])
+                            if last and name in limits:
+                                value = Cat(getattr(d, name)[:min(width, 8 * b)], byte[:keep]) if b else byte[:keep]
+                                with m.If(limits[name](value)):
+                                    m.d.sync += bad.eq(1)
                 offset += size

@@ -61,6 +61,13 @@ def mutations(rng, cfg: AcceleratorConfig, n: int) -> list:
                 choices.append(1 << (8 * int(rng.integers(1, sizes[name]))))  # low byte 0, a high byte set
             fields[name] = int(rng.choice(choices)) & top
         cases.append(Descriptor(**fields))
+    # Both sides of each limit of the array, in a final and a non-final layer.
+    limits = {"last_count": cfg.lanes, "last_rows": cfg.rows, "pool": cfg.max_pool,
+              "log2_out_beta_a": cfg.beta_a.bit_length() - 1}
+    for name, limit in limits.items():
+        for value in (limit - 1, limit, limit + 1):
+            for final in (False, True):
+                cases.append(Descriptor(**{**valid_descriptor(cfg, final), name: max(value, 0)}))
     return cases
 
 
