@@ -21,9 +21,9 @@ lane (``count = 0``).  ``seg_end`` (the word closes a weight segment) comes from
 reduction index modulo ``beta_w``.  Loop ends are ``counter + 1 == field`` on the counter's own
 incrementer, and the word's input coordinates are the window origin plus the kernel position.
 The descriptor is checked while it is fetched, byte by byte (dropped bits, zero counts, array
-limits).  Synthesised alone for the 1x8 board configuration (yosys 0.70 ``synth_ice40``): 640
-LUT4, 241 SB_CARRY, 409 flip-flops (225 of them the descriptor register), from 897/303/437 before
-this organisation (``bench/breakdown_bench.py``).
+limits).  Synthesised alone for the 1x8 board configuration (yosys 0.70 ``synth_ice40``,
+``bench/breakdown_bench.py``): 695 LUT4, 297 SB_CARRY, 427 flip-flops, from 897/303/437 before
+this organisation.
 
 Pipeline: stage A (counters, addresses) -> synchronous memory reads -> stage B (read data and the
 beat's flags) -> engine.  Stage A advances, and the memories read, only when stage B is empty or
