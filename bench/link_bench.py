@@ -13,7 +13,7 @@ Three measurements, combined by arithmetic that the Markdown spells out:
 2. **Gateware timing** (measured in simulation, in clock cycles).  The board design
    (:class:`hadahw.rtl.top.UARTSystem`: UART, FIFO, HostLink, HadaCore) runs under Verilator
    (:class:`hadahw.sim.uart_board.SimulatedBoard`) at the *board's* UART divisor
-   (``round(clock / baud)``: 24 at 24 MHz and 1 Mbaud, 8 at 3 Mbaud), with the bench's wire log
+   (``round(clock / baud)``: 30 at 30 MHz and 1 Mbaud, 10 at 3 Mbaud), with the bench's wire log
    on: the simulated time of every byte on ``rx``/``tx`` and of every edge of the core's ``busy``.
    Per transaction: the turnaround (end of the request's last stop bit to the reply's first start
    bit), the reply's span on the wire against ``bytes x 10 x divisor`` (gaps between reply

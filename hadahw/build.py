@@ -85,12 +85,12 @@ DEFAULT_BOARD = "icebreaker"
 DEFAULT_BETA = 16
 DEFAULT_BETA_A = 2
 #: Default system clock: the board builds of :data:`CALIBRATION_CURRENT` reach the Fmax recorded
-#: there (29-31 MHz post-route, seed 1); the default 2x8 build met a 30 MHz target on three of four
-#: placer seeds (28.8-31.3 MHz, the HostLink's receive-length checks being the longest path), so
-#: 24 MHz keeps a margin for other seeds and tool versions, is exact from the 12 MHz crystal
-#: (DIVF=63, DIVQ=5) and divides 1, 2 and 3 Mbaud exactly.  ``--clock-mhz 30`` (exact, DIVF=79)
-#: is worth trying; raise the default when the gateware gets faster.
-DEFAULT_CLOCK_MHZ = 24.0
+#: there (seed 1) since the control paths were cut; the default 2x8 build met a 30 MHz target on
+#: each of placer seeds 1-4 (31.5, 31.3, 31.3, 30.3 MHz; the host link's state machine and the
+#: sequencer's address registers are the longest paths now).  30 MHz is exact from the 12 MHz
+#: crystal (DIVF=79, DIVQ=5) and divides 1, 2 and 3 Mbaud exactly.  A tool version that misses it
+#: by a little: try another --seed, or --clock-mhz 24 (DIVF=63; ~25 % margin).
+DEFAULT_CLOCK_MHZ = 30.0
 DEFAULT_BAUD = 1_000_000
 DEFAULT_SEED = 1
 #: Share of the logic cells the automatic array size may fill (placement needs slack, the

@@ -33,7 +33,7 @@ Source of the constants
       accelerator's datapath toggles every cycle while it computes, its control, memories'
       address logic and host link far less; the range is carried as the low/high bounds.
     * :data:`PLL_A` -- 138.6 uA on the PLL supply with the PLL making 16 MHz from 12 MHz (138.9 uA
-      at 32 MHz).  The board build makes its clock (24 MHz by default) with the PLL, so ``pll=True`` adds this.
+      at 32 MHz).  The board build makes its clock (30 MHz by default) with the PLL, so ``pll=True`` adds this.
       The same measurements also show ~0.6 mA more *core* current with the PLL than without at a
       similar clock; the design behind those rows is not documented, so that is not modeled.
 

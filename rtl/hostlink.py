@@ -405,23 +405,32 @@ class HostLink(wiring.Component):
                 m.d.comb += ck.eq(Status.UNKNOWN_CMD)
         # Range: address + length > size (RUN: address + 1 > size of DESC); the sum of the kept
         # address bits and a length <= max_payload cannot wrap.
+        extent = Signal(lbits)  # the length the range covers, registered (see verdict_q below)
+        m.d.sync += extent.eq(Mux(is_run, 1, Mux(is_write, wl, cnt)))
         end = Signal(max(abits, lbits) + 1)
-        m.d.comb += end.eq(baddr + Mux(is_run, 1, Mux(is_write, wl, cnt)))
+        m.d.comb += end.eq(baddr + extent)
         out_of_range = Signal()
         with m.Switch(Mux(is_run, Space.DESC, space)):
             for sp in Space:
                 with m.Case(sp):
                     m.d.comb += out_of_range.eq(addr_hi | _gt_const(end, sizes[sp]))
+        # Three register stages (a long path otherwise: length decode -> end adder -> range
+        # compare was the board build's longest at 30 MHz): the range's extent, the checks, the
+        # verdict.  SEQ reads the verdict at least five cycles after the last field was captured
+        # (the CRC's two bytes and the FRAME and VERDICT states come between), so all three
+        # stages have settled by then.
+        # `bus.busy` joins in the second stage; it can only fall by itself, so the register at
+        # worst answers BUSY for a RUN that ended in the cycle before.
+        ck_q = Signal(4)
+        out_of_range_q = Signal()
+        m.d.sync += [ck_q.eq(ck), out_of_range_q.eq(out_of_range)]
         verdict = Signal(4)
-        m.d.comb += verdict.eq(ck)
-        with m.If((ck == Status.OK) & (is_run | is_write | is_read)):
-            with m.If(out_of_range):
+        m.d.comb += verdict.eq(ck_q)
+        with m.If((ck_q == Status.OK) & (is_run | is_write | is_read)):
+            with m.If(out_of_range_q):
                 m.d.comb += verdict.eq(Status.BAD_ADDRESS)
             with m.Elif(bus.busy):
                 m.d.comb += verdict.eq(Status.BUSY)
-        # Registered (a long path otherwise): SEQ reads it at least two cycles after the last
-        # field was captured; `bus.busy` can only fall by itself, so the register at worst
-        # answers BUSY for a RUN that ended in the cycle before.
         verdict_q = Signal(4)
         m.d.sync += verdict_q.eq(verdict)
 

@@ -15,7 +15,7 @@ to a board: :class:`~hadahw.sw.transport.SerialPipe` (pyserial) on the pty path,
         ...
 
 Bit time.  The simulated UART runs at ``divisor`` clock cycles per bit (default
-:data:`DEFAULT_DIVISOR` = 4, the receiver's minimum) instead of the board's 24 MHz / 1 Mbaud = 24:
+:data:`DEFAULT_DIVISOR` = 4, the receiver's minimum) instead of the board's 30 MHz / 1 Mbaud = 30:
 the gateware is the same (``divisor`` is only the reload value of the UART's bit counters), and
 fewer cycles per bit make transfers faster to simulate (a 16 KiB load took 7-10 s at 4 against
 11-17 s at 8 on a shared 2-core machine).  The host's pyserial baud rate is irrelevant on a pty.
@@ -54,7 +54,7 @@ from hadahw.params import AcceleratorConfig
 
 __all__ = ["DEFAULT_DIVISOR", "SimTop", "SimulatedBoard", "SimulationError", "TOPLEVEL", "board_build_dir"]
 
-#: Clock cycles per UART bit in simulation (the board uses round(clock / baud), 24 at 24 MHz and
+#: Clock cycles per UART bit in simulation (the board uses round(clock / baud), 30 at 30 MHz and
 #: 1 Mbaud); see the module docstring.
 DEFAULT_DIVISOR = 4
 TOPLEVEL = "hadahw_uart_system"
