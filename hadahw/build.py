@@ -13,7 +13,9 @@ Steps (one progress line each on stderr, with its wall time):
    platform's own tool commands.
 4. **synth** (Yosys ``synth_ice40``, ``-dsp`` with ``--scaling dsp``), **pnr** (nextpnr-ice40,
    ``--seed``, ``--freq``, ``--report``), **pack** (icepack): the commands of the platform's
-   build plan (``build_<name>.json``), run one by one so that each is timed.
+   build plan (``build_<name>.json``), run one by one so that each is timed.  Without ``--seed``,
+   a placement that misses the clock is repeated with the next placer seeds (:data:`SEED_TRIES`
+   in all; synthesis is not repeated) and the first that meets it is kept.
 5. **report** -- ``report.json`` and ``report.md``; measured figures (post place-and-route, parsed
    by :func:`hadahw.fpga.parse_nextpnr_report`) and estimates are labelled as such.
 
@@ -30,7 +32,7 @@ counts (:func:`hadahw.fpga.yosys_cell_count`) instead.
 
 Exit status: 0 built (or cached) and timing met; 1 a tool failed; 2 bad arguments (one
 ``error: ...`` line naming the parameter); 3 built, but the achieved Fmax is below the target clock
-(bitstream and report written, ``timing_met: false``); 4 the design does not fit the chip (by the
+with every placer seed tried (bitstream and report of the last one written, ``timing_met: false``); 4 the design does not fit the chip (by the
 estimate, before any tool ran, or by nextpnr); 5 ``--program`` failed (no programmer installed, or
 it failed).
 """
@@ -93,6 +95,10 @@ DEFAULT_BETA_A = 2
 DEFAULT_CLOCK_MHZ = 30.0
 DEFAULT_BAUD = 1_000_000
 DEFAULT_SEED = 1
+#: Placer seeds tried without ``--seed``: when seed 1's placement misses the clock, nextpnr places
+#: again with seed 2, then 3 (synthesis is not repeated), and the first that meets it is kept.
+#: Placement noise moves Fmax by a few MHz from seed to seed, about the default clock's margin.
+SEED_TRIES = 3
 #: Share of the logic cells the automatic array size may fill (placement needs slack, the
 #: estimate has an error).
 AUTO_LC_FILL = 0.90
@@ -399,6 +405,7 @@ class BuildOptions:
     core: str
     seed: int
     out: Path
+    seed_tries: int = 1
     force: bool = False
     program: bool = False
     skip_fit_check: bool = False
@@ -415,6 +422,7 @@ class BuildOptions:
             "baud": self.baud if self.board.is_fpga else None,
             "core": self.core,
             "seed": self.seed if self.board.is_fpga else None,
+            "seed_tries": self.seed_tries if self.board.is_fpga else None,
             "tool_versions": versions,
             "source_hash": src,
         }
@@ -537,6 +545,10 @@ def _markdown(r: dict) -> str:
     if r["board"] != "asic":
         lines.append(f"- Fmax (measured, post-route): {_fmt(r.get('fmax_mhz'), ' MHz')}; "
                      f"timing met: {r.get('timing_met')}")
+        tries = r.get("seed_attempts") or []
+        if len(tries) > 1:
+            lines.append("- placer seeds tried: " + ", ".join(f"{a['seed']} ({_fmt(a['fmax_mhz'], ' MHz')})"
+                                                              for a in tries) + f"; kept seed {r['seed']}")
     lines += [f"- peak: {_fmt(r.get('peak_gops'), ' GOPS')} ({r['peak_gops_definition']})", ""]
     res = r.get("resources")
     if res:
@@ -565,12 +577,38 @@ def _outputs_present(out: Path, report: dict) -> bool:
     return bool(files) and all((out / p).is_file() for p in files.values() if p)
 
 
+def _with_seed(cmd: list[str], seed: int) -> list[str]:
+    """A nextpnr command with its ``--seed`` value replaced (other commands unchanged)."""
+    if cmd[0] != "nextpnr-ice40":
+        return cmd
+    i = cmd.index("--seed")
+    return [*cmd[:i + 1], str(seed), *cmd[i + 2:]]
+
+
+def _pnr_results(out: Path) -> tuple[dict, dict[str, float]]:
+    """``(utilisation, Fmax by clock name)`` from nextpnr's report (or its log as a fallback)."""
+    from hadahw.fpga import clock_name, parse_nextpnr_log, parse_nextpnr_report
+    util, fmax = {}, {}
+    try:
+        util, fmax = parse_nextpnr_report(json.loads((out / "nextpnr_report.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        tim = out / f"{TOP_NAME}.tim"
+        if tim.is_file():
+            util, fmax = parse_nextpnr_log(tim.read_text(errors="replace"))
+    fmax_by_clock = {}
+    for net, (achieved, _c) in fmax.items():
+        if net.startswith("$"):  # nextpnr's own nets promoted to globals ($PACKER_GND_NET...), not clocks
+            continue
+        name = clock_name(net)
+        fmax_by_clock[name] = min(achieved, fmax_by_clock.get(name, achieved))
+    return util, fmax_by_clock
+
+
 def build(opts: BuildOptions) -> tuple[int, dict]:
     """Run the build described by ``opts``; returns ``(exit status, report)``.
 
     Raises UsageError, DoesNotFit, BuildError (see the module's exit statuses).
     """
-    from hadahw.fpga import parse_nextpnr_log, parse_nextpnr_report, clock_name
     from hadahw.rtl.top import BoardTop, CoreUnavailable
 
     board, cfg = opts.board, opts.config
@@ -651,37 +689,43 @@ def build(opts: BuildOptions) -> tuple[int, dict]:
     names = {"yosys": "synth", "nextpnr-ice40": "pnr", "icepack": "pack"}
     for stale in ("report.json", "nextpnr_report.json", f"{TOP_NAME}.bin", f"{TOP_NAME}.asc"):
         (out / stale).unlink(missing_ok=True)
-    failure = None
-    for cmd in commands:
-        step = names.get(cmd[0], cmd[0])
-        full = [*shlex.split(env[tool_var[cmd[0]]]), *cmd[1:]]
-        detail = " ".join([Path(full[0]).name, *cmd[1:]])
-        try:
-            with prog.step(step, detail) as st:
-                _run_tool(step, full, cwd=out, env=env, log=out / f"{step}.log")
-        except BuildError as e:
-            failure = (step, e)
-            times[step] = st.seconds
+
+    def run_commands(cmds) -> tuple[str, BuildError] | None:
+        for cmd in cmds:
+            step = names.get(cmd[0], cmd[0])
+            full = [*shlex.split(env[tool_var[cmd[0]]]), *cmd[1:]]
+            detail = " ".join([Path(full[0]).name, *cmd[1:]])
+            try:
+                with prog.step(step, detail) as st:
+                    _run_tool(step, full, cwd=out, env=env, log=out / f"{step}.log")
+            except BuildError as e:
+                times[step] = times.get(step, 0.0) + st.seconds
+                return step, e
+            times[step] = times.get(step, 0.0) + st.seconds
+        return None
+
+    failure = run_commands(commands)
+    util, fmax_by_clock = _pnr_results(out) if failure is None or failure[0] != "synth" else ({}, {})
+    f = min(fmax_by_clock.values()) if fmax_by_clock else None
+    # Placement again with the next seeds while the clock is missed (see SEED_TRIES).
+    attempts = [{"seed": opts.seed, "fmax_mhz": round(f, 2) if f is not None else None}]
+    place_and_pack = [c for c in commands if c[0] in ("nextpnr-ice40", "icepack")]
+    for seed in range(opts.seed + 1, opts.seed + opts.seed_tries):
+        if failure is not None or f is None or f >= target:
             break
-        times[step] = st.seconds
+        prog.note(f"timing not met with placer seed {seed - 1} ({f:.2f} < {target:g} MHz); "
+                  f"placing again with seed {seed} (try {seed - opts.seed + 1} of {opts.seed_tries})")
+        (out / "nextpnr_report.json").unlink(missing_ok=True)
+        failure = run_commands([_with_seed(c, seed) for c in place_and_pack])
+        util, fmax_by_clock = _pnr_results(out)
+        f = min(fmax_by_clock.values()) if fmax_by_clock else None
+        attempts.append({"seed": seed, "fmax_mhz": round(f, 2) if f is not None else None})
+    report["seed"] = attempts[-1]["seed"]
+    report["seed_attempts"] = attempts
     times["total"] = time.perf_counter() - t_start
     report["build_seconds"] = {k: round(v, 2) for k, v in times.items()}
 
     # --- results -----------------------------------------------------------------------------
-    util, fmax = {}, {}
-    try:
-        util, fmax = parse_nextpnr_report(json.loads((out / "nextpnr_report.json").read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
-        tim = out / f"{TOP_NAME}.tim"
-        if tim.is_file():
-            util, fmax = parse_nextpnr_log(tim.read_text(errors="replace"))
-    fmax_by_clock = {}
-    for net, (achieved, _c) in fmax.items():
-        if net.startswith("$"):  # nextpnr's own nets promoted to globals ($PACKER_GND_NET...), not clocks
-            continue
-        name = clock_name(net)
-        fmax_by_clock[name] = min(achieved, fmax_by_clock.get(name, achieved))
-    f = min(fmax_by_clock.values()) if fmax_by_clock else None
     report["resources"] = _resources_from_util(util, board, estimate)
     report["resources_note"] = ("used: measured by nextpnr (post-pack/place); estimated: "
                                 + MODEL.describe())
@@ -843,7 +887,9 @@ def _parser() -> argparse.ArgumentParser:
                     help=f"UART baud rate (default {DEFAULT_BAUD}; must be within 2%% of clock/round(clock/baud))")
     ap.add_argument("--core", default="real", help="real (HadaCore, default) or stub (a memory stand-in that "
                     "computes nothing: link bring-up only)")
-    ap.add_argument("--seed", type=int, default=DEFAULT_SEED, metavar="S", help=f"nextpnr placer seed (default {DEFAULT_SEED})")
+    ap.add_argument("--seed", type=int, default=None, metavar="S",
+                    help=f"nextpnr placer seed, tried alone (default: {DEFAULT_SEED}, then up to {SEED_TRIES - 1} more "
+                         f"seeds while timing is not met)")
     ap.add_argument("--out", default=None, metavar="DIR", help="output folder (default build/<board>-<config hash>)")
     ap.add_argument("--force", action="store_true", help="rebuild even if a cached build matches")
     ap.add_argument("--skip-fit-check", action="store_true",
@@ -964,8 +1010,9 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
     else:
         h = config_hash(board.name, cfg, clock, args.baud if board.is_fpga else None, args.core, args.seed)
         out = Path("build") / f"{board.name}-{h}"
-    return BuildOptions(board=board, config=cfg, clock_mhz=clock, baud=args.baud, core=args.core, seed=args.seed,
-                        out=out.resolve(), force=args.force, program=args.program,
+    seed, tries = (DEFAULT_SEED, SEED_TRIES) if args.seed is None else (args.seed, 1)
+    return BuildOptions(board=board, config=cfg, clock_mhz=clock, baud=args.baud, core=args.core, seed=seed,
+                        seed_tries=tries, out=out.resolve(), force=args.force, program=args.program,
                         skip_fit_check=args.skip_fit_check, auto_sized=auto, progress=not args.quiet)
 
 
@@ -1076,8 +1123,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     if code == EXIT_TIMING:
+        seeds = [a["seed"] for a in report.get("seed_attempts") or []]
+        tried = f"placer seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; " if seeds else ""
         print(f"error: timing not met: Fmax {report['fmax_mhz']} MHz < target {report['target_mhz']} MHz "
-              f"(bitstream written; lower --clock-mhz)", file=sys.stderr)
+              f"({tried}bitstream written; lower --clock-mhz or try other --seed values)", file=sys.stderr)
     if opts.program and code in (EXIT_OK, EXIT_TIMING) and opts.board.is_fpga:
         try:
             program_board(opts)

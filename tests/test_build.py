@@ -428,3 +428,73 @@ def test_network_board_config_takes_the_first_binarized_layers_formats(beta_w, b
     assert cfg == dataclasses.replace(want, weight_delta=ref.weight_format, act_bits=6)
     with pytest.raises(ValueError, match=r"no layer of the network has binarized weights"):
         B.network_board_config([net.layers[0], net.layers[2]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Placer seeds: the whole flow against stand-in tools whose Fmax depends on the seed
+
+FAKE_TOOL = r'''
+import json, os, sys
+tool, args = sys.argv[1], sys.argv[2:]
+if tool == "yosys":
+    print("Yosys 0.0 (fake)") if "-V" in args else None
+elif tool == "nextpnr":
+    if "--version" in args:
+        print("nextpnr-ice40 -- Next Generation Place and Route (Version fake)")
+        sys.exit(0)
+    seed = int(args[args.index("--seed") + 1])
+    with open(os.environ["FAKE_PNR_LOG"], "a") as f:
+        f.write(f"{seed}\n")
+    fmax = dict(kv.split(":") for kv in os.environ["FAKE_FMAX"].split(","))[str(seed)]
+    report = {"fmax": {"clk$SB_IO_IN_$glb_clk": {"achieved": float(fmax), "constraint": 30.0}},
+              "utilization": {"ICESTORM_LC": {"used": 1000 + seed, "available": 5280}}}
+    with open(args[args.index("--report") + 1], "w") as f:
+        json.dump(report, f)
+    with open(args[args.index("--asc") + 1], "w") as f:
+        f.write(f"seed {seed}\n")
+elif tool == "icepack":
+    with open(args[1], "wb") as f:
+        f.write(open(args[0], "rb").read())
+'''
+
+
+@pytest.fixture
+def fake_tools(tmp_path, monkeypatch):
+    script = tmp_path / "fake_tool.py"
+    script.write_text(FAKE_TOOL)
+    for var, name in (("YOSYS", "yosys"), ("NEXTPNR_ICE40", "nextpnr"), ("ICEPACK", "icepack")):
+        monkeypatch.setenv(var, f"{sys.executable} {script} {name}")
+    log = tmp_path / "pnr_seeds.txt"
+    monkeypatch.setenv("FAKE_PNR_LOG", str(log))
+    return lambda: [int(s) for s in log.read_text().split()] if log.exists() else []
+
+
+STUB_ARGV = ["--board", "icebreaker", "--core", "stub", "--clock-mhz", "30", "--json", "--quiet"]
+
+
+@pytest.mark.parametrize("fmax, argv, code, seeds", [
+    ("1:31", [], B.EXIT_OK, [1]),                                   # met at once: one placement
+    ("1:25,2:31,3:40", [], B.EXIT_OK, [1, 2]),                      # the first seed that meets is kept
+    ("1:25,2:26,3:27", [], B.EXIT_TIMING, [1, 2, 3]),               # SEED_TRIES seeds, then exit 3
+    ("1:25,2:31", ["--seed", "1"], B.EXIT_TIMING, [1]),             # an explicit seed is tried alone
+    ("5:25,6:31", ["--seed", "5"], B.EXIT_TIMING, [5]),
+])
+def test_placement_retries_seeds_until_timing_is_met(tmp_path, capsys, monkeypatch, fake_tools, fmax, argv, code,
+                                                     seeds):
+    monkeypatch.setenv("FAKE_FMAX", fmax)
+    got, stdout, err = run_cli(capsys, *STUB_ARGV, "--out", str(tmp_path / "out"), *argv)
+    assert got == code, err
+    assert fake_tools() == seeds                   # nextpnr ran once per seed (synthesis once: not counted)
+    report = json.loads(stdout)
+    table = dict(kv.split(":") for kv in fmax.split(","))
+    assert [a["seed"] for a in report["seed_attempts"]] == seeds
+    assert [a["fmax_mhz"] for a in report["seed_attempts"]] == [float(table[str(s)]) for s in seeds]
+    assert report["seed"] == seeds[-1] and report["fmax_mhz"] == float(table[str(seeds[-1])])
+    assert report["resources"]["LC"]["used"] == 1000 + seeds[-1]   # the report of the placement kept
+    assert (tmp_path / "out" / "hadahw.bin").read_text() == f"seed {seeds[-1]}\n"
+    assert report["timing_met"] == (code == B.EXIT_OK)
+    if code == B.EXIT_TIMING:
+        line = err.strip().splitlines()[-1]
+        assert line.startswith("error: timing not met") and ", ".join(map(str, seeds)) in line
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert ("placer seeds tried" in md) == (len(seeds) > 1)
