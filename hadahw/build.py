@@ -32,9 +32,9 @@ counts (:func:`hadahw.fpga.yosys_cell_count`) instead.
 
 Exit status: 0 built (or cached) and timing met; 1 a tool failed; 2 bad arguments (one
 ``error: ...`` line naming the parameter); 3 built, but the achieved Fmax is below the target clock
-with every placer seed tried (bitstream and report of the last one written, ``timing_met: false``); 4 the design does not fit the chip (by the
-estimate, before any tool ran, or by nextpnr); 5 ``--program`` failed (no programmer installed, or
-it failed).
+with every placer seed tried (bitstream and report of the last one written, ``timing_met:
+false``); 4 the design does not fit the chip (by the estimate, before any tool ran, or by
+nextpnr); 5 ``--program`` failed (no programmer installed, or it failed).
 """
 
 from __future__ import annotations

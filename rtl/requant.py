@@ -98,9 +98,9 @@ class Requantizer(wiring.Component):
     Pipeline: stage 0 ReLU + multiplier read, 1 product (in the SB_MAC16 output registers) + bias
     read, 2 ``+ B``, 3 ``(2v) >> S``, 4 round + saturate (output register).  Every stage loads
     together when the output register is empty or the sink takes it (no bubble collapsing: a
-    short enable path instead).  ``M`` and ``B`` live in two memories when that costs no extra EBR, so each
-    is read in the stage that uses it; a parameter write meets no read that matters (load while
-    idle), so the memories need no read-during-write logic.  An ``out_bits`` above
+    short enable path instead).  ``M`` and ``B`` live in two memories when that costs no extra
+    EBR, so each is read in the stage that uses it; a parameter write meets no read that matters
+    (load while idle), so the memories need no read-during-write logic.  An ``out_bits`` above
     ``max_out_bits`` saturates as ``max_out_bits``.
     Yosys ``synth_ice40 -dsp`` (pass ``synth_opts="-dsp"`` to the Amaranth iCE40 platform; without
     it the product is built from LUTs), flattened, with nextpnr's packing, for the core's
