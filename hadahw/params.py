@@ -89,6 +89,10 @@ class AcceleratorConfig:
         2..64.
     max_shift : int
         Largest requantizer shift, 0..62.
+    pack_outputs : bool
+        Gateware that packs a final layer's values two (2-byte) or five (1-byte) to a 40-bit
+        activation entry when they saturate to 15 bits or fewer (``hadahw.program.FLAG_PACKED``),
+        so the host reads half or a fifth of the bytes; about 120 logic cells on the UP5K.
 
     Notes
     -----
@@ -121,6 +125,7 @@ class AcceleratorConfig:
     mult_bits: int = 16
     bias_bits: int = 32
     max_shift: int = 31
+    pack_outputs: bool = True
 
     def __post_init__(self):
         if not _is_int(self.rows) or not 1 <= self.rows <= 1024:
@@ -151,6 +156,8 @@ class AcceleratorConfig:
             v = getattr(self, name)
             if not _is_int(v) or not lo <= v <= hi:
                 raise ValueError(f"{name} must be an integer in {lo}..{hi}, not {v!r}")
+        if not isinstance(self.pack_outputs, bool):
+            raise ValueError(f"pack_outputs must be true or false, not {self.pack_outputs!r}")
         if self.weight_memory not in WEIGHT_MEMORIES:
             raise ValueError(f"weight_memory must be 'ebr' or 'spram', not {self.weight_memory!r}")
         if self.weight_memory == "spram":

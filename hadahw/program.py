@@ -50,8 +50,14 @@ writes are ignored, reads give 0).  All sizes come from :class:`~hadahw.params.A
     ``out_bits + 1 <= 8 * act_entry_bytes`` (:data:`FLAG_NARROW`, set by the compiler when it
     saves entries) writes each value into one entry instead: ``act_entry_bytes`` bytes of
     two's complement at ``out_addr + v``, which halves (or better) what the host reads back.
-    :attr:`Program.output_spacing` and :attr:`Program.output_value_bytes` say which;
-    :func:`unpack_output` undoes both.
+    A narrow final layer whose values fit ``s`` bytes of two's complement (``out_bits <= 7``:
+    ``s = 1``; ``out_bits <= 15``: ``s = 2``) and whose entry holds at least two of them is
+    **packed** (:data:`FLAG_PACKED`, ``s`` read from ``out_bits``): ``P = act_entry_bytes // s``
+    values per entry, bytes ``[i*s, (i+1)*s)`` of a pixel's entry ``q`` holding its value
+    ``q*P + i``; each pixel starts a new entry, so pixel ``p`` (HWC order) takes the
+    ``ceil(N / P)`` entries from ``out_addr + p * ceil(N / P)`` (unused bytes are 0).
+    :attr:`Program.output_spacing`, :attr:`Program.output_value_bytes` and
+    :attr:`Program.output_packed` say which; :func:`unpack_output` undoes all three.
 ``Space.DESC``
     ``[0, desc_bytes)``: the **program**, a sequence of :data:`DESCRIPTOR_BYTES`-byte layer
     descriptors (:data:`DESCRIPTOR_FIELDS`, little-endian).  RUN(addr) runs the descriptors at
@@ -99,6 +105,7 @@ __all__ = [
     "FLAG_RELU",
     "FLAG_SATURATE",
     "FLAG_NARROW",
+    "FLAG_PACKED",
     "Descriptor",
     "MemoryMap",
     "LayerPlan",
@@ -123,6 +130,7 @@ FLAG_FINAL = 0x01  # last layer of the program; writes wide values for the host
 FLAG_RELU = 0x02
 FLAG_SATURATE = 0x04
 FLAG_NARROW = 0x08  # final layer only: one activation entry per (saturated) value
+FLAG_PACKED = 0x10  # final layer only, with FLAG_NARROW: one byte per value, act_entry_bytes per entry
 
 #: The layer descriptor: ``(name, bytes, meaning)`` in memory order, little-endian, unsigned.
 #: Both :meth:`Descriptor.encode` (``struct``) and the gateware's ``StructLayout``
@@ -130,7 +138,7 @@ FLAG_NARROW = 0x08  # final layer only: one activation entry per (saturated) val
 #: ``param_addr`` are derived from the ones before by :func:`compile_network`; the gateware uses
 #: them instead of multiplying or dividing.
 DESCRIPTOR_FIELDS: tuple[tuple[str, int, str], ...] = (
-    ("flags", 1, "FLAG_FINAL | FLAG_RELU | FLAG_SATURATE | FLAG_NARROW"),
+    ("flags", 1, "FLAG_FINAL | FLAG_RELU | FLAG_SATURATE | FLAG_NARROW | FLAG_PACKED"),
     ("out_bits", 1, "requantizer saturation bits (next layer's act_bits)"),
     ("shift", 1, "requantizer rounding shift S"),
     ("log2_out_beta_a", 1, "log2 of the next layer's beta_a (binarizer segment); 0 when final"),
@@ -221,7 +229,8 @@ def descriptor_field_bits(config: AcceleratorConfig) -> dict[str, int]:
     # entry, and a conv output before pooling is at most max_pool times wider/taller.
     dim = _ubits(c.act_depth * c.max_pool)
     bits = {
-        "flags": 4, "out_bits": 5, "shift": _ubits(c.max_shift), "log2_out_beta_a": 3,
+        "flags": _ubits(max(FLAG_FINAL, FLAG_RELU, FLAG_SATURATE, FLAG_NARROW, FLAG_PACKED)), "out_bits": 5,
+        "shift": _ubits(c.max_shift), "log2_out_beta_a": 3,
         "in_h": dim, "in_w": dim, "in_c": 0, "kh": dim, "kw": dim,
         "stride": min(8, dim), "pad": min(8, dim), "pool": _ubits(c.max_pool), "reserved0": 0,
         "out_h": dim, "out_w": dim, "n": _ubits(c.param_depth),
@@ -322,6 +331,14 @@ class MemoryMap:
         if saturate_bits is not None and saturate_bits + 1 <= 8 * self.act_entry_bytes:
             return 1
         return self.entries_per_output
+
+    def final_pack_bytes(self, saturate_bits: int | None) -> int:
+        """Bytes per value of a packed final layer saturating to ``saturate_bits``; 0: not packed
+        (also when the configuration has no packing gateware, ``pack_outputs=False``)."""
+        if not self.config.pack_outputs or saturate_bits is None or saturate_bits > 15:
+            return 0
+        size = 1 if saturate_bits <= 7 else 2
+        return size if self.act_entry_bytes // size >= 2 else 0
 
     # Bit offsets inside entries (the gateware's layouts must agree; a test checks).
     def weight_sign_offset(self, row: int) -> int:
@@ -564,9 +581,16 @@ class Program:
         return self.plans[-1].spacing
 
     @property
+    def output_packed(self) -> bool:
+        """The final layer's values are packed several to an entry (:data:`FLAG_PACKED`)."""
+        return bool(self.plans[-1].descriptor.flags & FLAG_PACKED)
+
+    @property
     def output_value_bytes(self) -> int:
         """Bytes of two's complement per output value as stored (the rest of its entries is 0)."""
         mm = self.memory_map
+        if self.output_packed:
+            return mm.final_pack_bytes(self.plans[-1].descriptor.out_bits)
         return min(mm.output_value_bytes, self.output_spacing * mm.act_entry_bytes)
 
     def writes(self) -> list[tuple[Space, int, bytes]]:
@@ -722,8 +746,13 @@ def compile_network(layers: Sequence[QLayer], config: AcceleratorConfig) -> Prog
         out_values = out_shape[0] * out_shape[1] * n
         spacing = mm.final_spacing(rq.saturate_bits) if final else 1
         narrow = final and spacing < mm.entries_per_output
-        out_entries = (out_values * spacing if final
-                       else out_shape[0] * out_shape[1] * -(-n // lanes))
+        pack_bytes = mm.final_pack_bytes(rq.saturate_bits) if final else 0
+        packed = pack_bytes > 0
+        if packed:
+            out_entries = out_shape[0] * out_shape[1] * -(-n // (mm.act_entry_bytes // pack_bytes))
+        else:
+            out_entries = (out_values * spacing if final
+                           else out_shape[0] * out_shape[1] * -(-n // lanes))
         if in_entries + out_entries > config.act_depth:
             raise ValueError(f"{name} needs {in_entries} input + {out_entries} output activation entries, more "
                              f"than act_depth={config.act_depth}")
@@ -737,7 +766,8 @@ def compile_network(layers: Sequence[QLayer], config: AcceleratorConfig) -> Prog
         pace = max(0, spacing * min(rows, n) - t)
         row_entries = w * wpp
         flags = (FLAG_FINAL if final else 0) | (FLAG_RELU if rq.relu else 0) | \
-            (FLAG_SATURATE if rq.saturate_bits is not None else 0) | (FLAG_NARROW if narrow else 0)
+            (FLAG_SATURATE if rq.saturate_bits is not None else 0) | (FLAG_NARROW if narrow else 0) | \
+            (FLAG_PACKED if packed else 0)
         try:
             desc = Descriptor(
                 flags=flags, out_bits=rq.saturate_bits or 0, shift=rq.shift,
@@ -793,6 +823,13 @@ def unpack_output(data: bytes, program: Program) -> np.ndarray:
     if len(data) != program.output_length:
         raise ValueError(f"the output is {program.output_length} bytes, not {len(data)}")
     k, ob = program.output_spacing, program.output_value_bytes
+    if program.output_packed:
+        n, size = program.output_shape[-1], ob
+        per = mm.act_entry_bytes // size
+        raw = np.frombuffer(data, np.uint8).reshape(-1, mm.act_stride)[:, :per * size]
+        raw = raw.reshape(-1, -(-n // per) * per * size)[:, :n * size]
+        values = raw.copy().view("<i1" if size == 1 else "<i2").astype(np.int64)
+        return values.reshape(program.output_shape)
     raw = np.frombuffer(data, np.uint8).reshape(-1, mm.act_stride)[:, :mm.act_entry_bytes]
     raw = raw.reshape(-1, k * mm.act_entry_bytes)[:, :ob].astype(np.uint64)
     word = np.zeros(raw.shape[0], np.uint64)

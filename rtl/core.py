@@ -32,7 +32,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, connect
 
 from hadahw.params import AcceleratorConfig
-from hadahw.program import FLAG_FINAL, FLAG_NARROW, FLAG_RELU, FLAG_SATURATE, MemoryMap
+from hadahw.program import FLAG_FINAL, FLAG_NARROW, FLAG_PACKED, FLAG_RELU, FLAG_SATURATE, MemoryMap
 from hadahw.protocol import Space, Status
 
 from .binarizer import Binarizer
@@ -115,8 +115,8 @@ class HadaCore(wiring.Component):
 
         busy = seq.busy
         d = seq.desc
-        final, relu, saturate, narrow = (flag_bit(d.flags, f) for f in (FLAG_FINAL, FLAG_RELU, FLAG_SATURATE,
-                                                                          FLAG_NARROW))
+        final, relu, saturate, narrow, packed = (flag_bit(d.flags, f) for f in (FLAG_FINAL, FLAG_RELU, FLAG_SATURATE,
+                                                                                  FLAG_NARROW, FLAG_PACKED))
         pooling = d.pool != 1
 
         # ---- host bus: writes ---------------------------------------------------------------
@@ -244,7 +244,9 @@ class HadaCore(wiring.Component):
         ]
         connect(m, binz.o_stream, writer.seg)
         m.d.comb += [
-            writer.final.eq(final), writer.narrow.eq(narrow), writer.out_addr.eq(d.out_addr),
+            writer.final.eq(final), writer.narrow.eq(narrow),
+            writer.pack_bytes.eq(Mux(packed, Mux(d.out_bits > 7, 2, 1), 0)),
+            writer.out_addr.eq(d.out_addr),
             writer.out_pixels.eq(d.out_pixels),
             writer.start.eq(start), seq.layer_done.eq(writer.done),
             acts.core_we.eq(writer.we), acts.core_waddr.eq(writer.waddr), acts.core_wdata.eq(writer.wdata),

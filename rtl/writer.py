@@ -12,7 +12,10 @@ consecutive addresses from the layer's ``out_addr`` (the layout of :mod:`hadahw.
   ``output_value_bytes`` bytes, over ``entries_per_output`` entries, one per cycle from the cycle
   it arrives, straight from the input (the source holds it; it is taken with its last entry);
   with ``narrow`` (:data:`hadahw.program.FLAG_NARROW`: the values are saturated narrow enough)
-  each value is sign-extended into a single entry instead.
+  each value is sign-extended into a single entry instead; with ``pack_bytes`` = 1 or 2
+  (:data:`hadahw.program.FLAG_PACKED`: they fit that many bytes) the values' low bytes are
+  gathered ``act_entry_bytes // pack_bytes`` to an entry, which is written when full or at the
+  pixel's last value.
 
 ``done`` rises once the layer's ``out_pixels``-th pixel has been written (for the final layer one
 cycle after its last entry); ``start`` clears it.  Full-segment beats are taken every cycle;
@@ -54,6 +57,9 @@ class ActWriter(wiring.Component):
         Which input the layer uses.
     narrow : In(1)
         Final layer: one entry per value (``FLAG_NARROW``) instead of ``entries_per_output``.
+    pack_bytes : In(2)
+        Final layer, with ``narrow``: 0 (not packed), or bytes per packed value (``FLAG_PACKED``;
+        ignored when ``config.pack_outputs`` is false).
     out_addr : In(16)
         Entry of the layer's first output word (loaded on ``start``).
     out_pixels : In(16)
@@ -74,6 +80,7 @@ class ActWriter(wiring.Component):
             "val": In(stream.Signature(data.StructLayout({"y": signed(config.y_bits), "last": unsigned(1)}))),
             "final": In(1),
             "narrow": In(1),
+            "pack_bytes": In(2),
             "out_addr": In(16),
             "out_pixels": In(16),
             "start": In(1),
@@ -176,8 +183,39 @@ class ActWriter(wiring.Component):
         v_pixel_end_r = Signal()
         m.d.sync += v_pixel_end_r.eq(v_pixel_end & ~self.start)
 
+        # Packed values: slot `slot` of the entry gathered in `pk` takes the value's low byte(s); the
+        # entry is written in the cycle its last slot is filled (full, or the pixel's last value),
+        # so the timing of `done` is that of narrow values.
+        # Only built with ``config.pack_outputs`` (the compiler packs nothing without it).
+        nb = mm.act_entry_bytes
+        pk_new = Signal(8 * nb)
+        pk_full = Signal()
+        packing_layer = Signal()
+        if cfg.pack_outputs:
+            pack1, pack2 = self.pack_bytes == 1, self.pack_bytes == 2
+            pk = Signal(8 * nb)
+            slot = Signal(range(nb))
+            m.d.comb += [packing_layer.eq(self.final & (self.pack_bytes != 0)),
+                         pk_full.eq(Mux(pack2, slot == nb // 2 - 1, slot == nb - 1) | self.val.payload.last),
+                         pk_new.eq(pk)]
+            for b in range(nb):
+                with m.If(pack1 & (slot == b)):
+                    m.d.comb += pk_new.word_select(b, 8).eq(y[:8])
+                if b < nb // 2 * 2:
+                    with m.If(pack2 & (slot == b // 2)):
+                        m.d.comb += pk_new.word_select(b, 8).eq(y.word_select(b % 2, 8))
+            with m.If(self.start):
+                m.d.sync += [slot.eq(0), pk.eq(0)]
+            with m.Elif(v_we & packing_layer):
+                with m.If(pk_full):
+                    m.d.sync += [slot.eq(0), pk.eq(0)]
+                with m.Else():
+                    m.d.sync += [slot.eq(slot + 1), pk.eq(pk_new)]
+
         # --- write port and progress ---------------------------------------------------------
-        with m.If(self.final):
+        with m.If(packing_layer):
+            m.d.comb += [self.we.eq(v_we & pk_full), self.wdata.eq(pk_new), pixel_end.eq(v_pixel_end_r)]
+        with m.Elif(self.final):
             m.d.comb += [self.we.eq(v_we), self.wdata.eq(v_data), pixel_end.eq(v_pixel_end_r)]
         with m.Else():
             m.d.comb += [self.we.eq(seg_we), self.wdata.eq(seg_data.as_value()), pixel_end.eq(seg_pixel_end)]

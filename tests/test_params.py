@@ -15,6 +15,7 @@ BETAS = [2, 4, 8, 16, 32, 64]
 
 @pytest.mark.parametrize("kw,match", [
     (dict(rows=0), r"rows must be an integer in 1\.\.1024, not 0"),
+    (dict(pack_outputs=1), r"pack_outputs must be true or false, not 1"),
     (dict(rows=2.0), r"rows must be an integer"),
     (dict(rows=True), r"rows must be an integer"),
     (dict(lanes=12), r"lanes must be a power of two in 8\.\.256, not 12"),

@@ -9,8 +9,8 @@ from hypothesis import given, settings, strategies as st
 from hadahw.contract import DeltaFormat, Requant
 from hadahw.golden import QLayer, run_layer
 from hadahw.params import AcceleratorConfig
-from hadahw.program import (DESCRIPTOR_BYTES, DESCRIPTOR_FIELDS, FLAG_FINAL, FLAG_NARROW, FLAG_RELU, FLAG_SATURATE, Descriptor,
-                            MemoryMap, Program, compile_network, ebr_usage, pack_act, pack_input, predict_cycles,
+from hadahw.program import (DESCRIPTOR_BYTES, DESCRIPTOR_FIELDS, FLAG_FINAL, FLAG_NARROW, FLAG_PACKED, FLAG_RELU,
+                            FLAG_SATURATE, Descriptor, MemoryMap, Program, compile_network, ebr_usage, pack_act, pack_input, predict_cycles,
                             unpack_act, unpack_output)
 from hadahw.protocol import Space
 
@@ -283,9 +283,10 @@ def test_unpack_output_sign_extends():
         unpack_output(data[:4], prog)
 
 
-def _with_final_saturation(layers, bits):
+def _with_final_saturation(layers, bits, relu=False):
     last = layers[-1]
-    return [*layers[:-1], dataclasses.replace(last, requant=dataclasses.replace(last.requant, saturate_bits=bits))]
+    requant = dataclasses.replace(last.requant, saturate_bits=bits, relu=relu)
+    return [*layers[:-1], dataclasses.replace(last, requant=requant)]
 
 
 @pytest.mark.parametrize("bits,narrow", [(15, True), (8, True), (16, False)])
@@ -297,6 +298,7 @@ def test_narrow_final_layer_layout(bits, narrow):
     layers, _ = random_network(rng, cfg, Spec((8,), ("linear", 3)))
     prog = compile_network(_with_final_saturation(layers, bits), cfg)
     assert bool(prog.descriptors[-1].flags & FLAG_NARROW) == narrow
+    assert not prog.output_packed and not prog.descriptors[-1].flags & FLAG_PACKED
     assert (prog.output_spacing, prog.output_value_bytes) == ((1, 2) if narrow else (2, 4))
     lim = (1 << bits) - 1
     values = [-lim, lim, -1]
@@ -310,6 +312,41 @@ def test_narrow_final_layer_layout(bits, narrow):
     if narrow:
         rows = wide.plans[-1].descriptor.last_rows
         assert predict_cycles(wide) - predict_cycles(prog) >= rows
+
+
+@pytest.mark.parametrize("bits,act_bits,beta_a,size", [
+    (7, 8, 2, 1), (3, 8, 2, 1), (8, 8, 2, 2), (15, 8, 2, 2), (16, 8, 2, 0),  # 5-byte entries
+    (7, 4, 8, 1), (8, 4, 8, 0),                                              # 2-byte entries: one 2-byte value
+])
+def test_packed_final_layer_layout(bits, act_bits, beta_a, size):
+    """P = act_entry_bytes // s values of s bytes per entry, each pixel from a new entry (module doc)."""
+    cfg = cfg_of(max_reduction=128, act_bits=act_bits, weight_delta=DeltaFormat(bits=4), mult_bits=8, bias_bits=12,
+                 beta_a=beta_a, beta_w=8)
+    assert MemoryMap(cfg).act_entry_bytes == (5 if act_bits == 8 else 2)
+    rng = np.random.default_rng(5)
+    layers, _ = random_network(rng, cfg, Spec((4, 4, 8), ("conv", 5, 3, 1, 1, 1)))
+    prog = compile_network(_with_final_saturation(layers, bits, relu=True), cfg)
+    assert prog.output_packed == (size > 0) == bool(prog.descriptors[-1].flags & FLAG_PACKED)
+    unpacking = compile_network(_with_final_saturation(layers, bits, relu=True),
+                                dataclasses.replace(cfg, pack_outputs=False))
+    assert not unpacking.output_packed and not unpacking.descriptors[-1].flags & FLAG_PACKED
+    if not size:
+        return
+    e, stride = prog.memory_map.act_entry_bytes, prog.memory_map.act_stride
+    per = e // size
+    h, w, n = prog.output_shape
+    lim = (1 << bits) - 1
+    values = rng.integers(-lim, lim + 1, (h, w, n))
+    values.flat[:2] = lim, -lim
+    per_pixel = -(-n // per)
+    data = bytearray()
+    for pixel in values.reshape(-1, n):
+        slots = [int(v).to_bytes(size, "little", signed=True) for v in pixel]
+        for q in range(per_pixel):
+            data += b"".join(slots[q * per:(q + 1) * per]).ljust(stride, b"\0")
+    assert prog.output_length == len(data) == h * w * per_pixel * stride
+    assert prog.output_value_bytes == size
+    assert (unpack_output(bytes(data), prog) == values).all()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -152,17 +152,20 @@ def poke_entries(ctx, mem, image: bytes, stride: int, nbytes: int, first: int = 
 
 
 def check_network(cfg: AcceleratorConfig, spec: Spec, seed: int, *, bus_weight_entries=4, runs=1, extreme=False,
-                  p_idle=0.3, p_stall=0.3, final_saturate="random"):
+                  p_idle=0.3, p_stall=0.3, final_saturate="random", final_relu=None):
     """Compile, load, run ``runs`` times (new input each time), compare with golden and the timing model.
 
-    ``final_saturate``: the final layer's ``saturate_bits`` (an int or None), or "random" as generated.
+    ``final_saturate``: the final layer's ``saturate_bits`` (an int or None), or "random" as generated;
+    ``final_relu``: its ReLU (None: as generated).
     """
     rng = np.random.default_rng(seed)
     layers, act = random_network(rng, cfg, spec, extreme=extreme)
-    if final_saturate != "random":
+    if final_saturate != "random" or final_relu is not None:
         last = layers[-1]
+        sat = last.requant.saturate_bits if final_saturate == "random" else final_saturate
+        relu = last.requant.relu if final_relu is None else final_relu
         layers = [*layers[:-1], dataclasses.replace(
-            last, requant=dataclasses.replace(last.requant, saturate_bits=final_saturate))]
+            last, requant=dataclasses.replace(last.requant, saturate_bits=sat, relu=relu))]
     prog = compile_network(layers, cfg)
     mm = prog.memory_map
     inputs = [act] + [random_act(rng, cfg, act.shape) for _ in range(runs - 1)]
@@ -240,16 +243,42 @@ def test_core_extreme_final_values_and_rerun():
     assert prog.memory_map.output_value_bytes == 8
 
 
-@pytest.mark.parametrize("sat", [None, 8, 15], ids=["wide", "narrow-8", "narrow-15"])
+@pytest.mark.parametrize("sat", [None, 16], ids=["wide", "narrow-16"])
 def test_core_final_values_narrow_when_saturated(sat):
-    """A saturating final layer writes one entry per value (FLAG_NARROW); a wide one two (40-bit entries)."""
+    """A final layer saturating to 16 bits writes one entry per value (FLAG_NARROW); a wide one two
+    (40-bit entries); below 16 bits see test_core_final_values_packed."""
     cfg = make_config(lanes=8, rows=2, bw=8, ba=2)
-    prog = check_network(cfg, Spec((4, 4, 8), ("conv", 8, 3, 1, 1, 2), ("linear", 7)), 303, final_saturate=sat)
+    prog = check_network(cfg, Spec((4, 4, 8), ("conv", 8, 3, 1, 1, 2), ("linear", 7)), 303, final_saturate=sat,
+                         final_relu=False)
     mm = prog.memory_map
     assert mm.entries_per_output == 2 and mm.act_entry_bytes == 5
     assert prog.output_spacing == (2 if sat is None else 1)
     assert prog.output_length == 7 * prog.output_spacing * mm.act_stride
     assert bool(prog.descriptors[-1].flags & FLAG_NARROW) == (sat is not None)
+    assert not prog.output_packed
+
+
+def test_core_without_packing_gateware_writes_narrow_values():
+    """pack_outputs=False: no packer is built and a byte-sized final layer is written narrow."""
+    cfg = dataclasses.replace(make_config(lanes=8, rows=2, bw=8, ba=2), pack_outputs=False)
+    prog = check_network(cfg, Spec((4, 4, 8), ("conv", 8, 3, 1, 1, 2), ("linear", 7)), 405, final_saturate=8)
+    assert not prog.output_packed and prog.output_spacing == 1 and prog.descriptors[-1].flags & FLAG_NARROW
+
+
+@pytest.mark.parametrize("spec,sat,relu,size", [
+    (Spec((4, 4, 8), ("conv", 8, 3, 1, 1, 2), ("linear", 12)), 8, True, 2),    # 2 a 5-byte entry: 6 entries
+    (Spec((4, 4, 8), ("conv", 8, 3, 1, 1, 2), ("linear", 5)), 6, False, 1),    # one full entry of 5
+    (Spec((4, 4, 8), ("conv", 8, 3, 1, 1, 1), ("conv", 7, 3, 2, 1, 1)), 5, True, 1),  # 2x2 pixels, 2 entries each
+    (Spec((6, 6, 8), ("conv", 11, 3, 1, 1, 2)), 15, False, 2),               # pooled 3x3 map, 6 entries a pixel
+], ids=["fc-12-2byte", "fc-5-1byte", "conv-stride2-1byte", "conv-pool-2byte"])
+def test_core_final_values_packed(spec, sat, relu, size):
+    """A final layer whose values fit 1 or 2 bytes packs several per entry (FLAG_PACKED)."""
+    cfg = make_config(lanes=8, rows=2, bw=8, ba=2)
+    prog = check_network(cfg, spec, 404, final_saturate=sat, final_relu=relu)
+    mm = prog.memory_map
+    h, w, n = (1, 1, *prog.output_shape) if len(prog.output_shape) == 1 else prog.output_shape
+    assert prog.output_packed and prog.descriptors[-1].flags & FLAG_NARROW and prog.output_value_bytes == size
+    assert prog.output_length == h * w * -(-n // (mm.act_entry_bytes // size)) * mm.act_stride
 
 
 @pytest.mark.parametrize("spec", [Spec((8,), ("linear", 60), ("linear", 5)),
