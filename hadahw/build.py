@@ -100,8 +100,9 @@ DEFAULT_SEED = 1
 #: Placement noise moves Fmax by a few MHz from seed to seed, about the default clock's margin.
 SEED_TRIES = 3
 #: Share of the logic cells the automatic array size may fill (placement needs slack, the
-#: estimate has an error).
-AUTO_LC_FILL = 0.90
+#: estimate has an error).  The default 2x8 board build, with the output packer, measures 4,852 LC
+#: (92 %) and meets 30 MHz on placer seeds 1-4; 1x16 at 94 % did not.
+AUTO_LC_FILL = 0.93
 #: Array sizes the automatic choice considers.
 AUTO_LANES = (8, 16, 32, 64, 128)
 AUTO_MAX_ROWS = 64
