@@ -24,6 +24,15 @@ def encode_output(values: np.ndarray, prog: Program) -> bytes:
     """The core's final-layer format (hadahw.program docstring); the inverse of unpack_output."""
     mm, k = prog.memory_map, prog.output_spacing
     out = bytearray()
+    if prog.output_packed:  # P values of s bytes per entry, each pixel from a new entry
+        size = prog.output_value_bytes
+        per = mm.act_entry_bytes // size
+        values = np.asarray(values, np.int64)
+        for pixel in values.reshape(-1, values.shape[-1]):
+            slots = [int(v).to_bytes(size, "little", signed=True) for v in pixel]
+            for q in range(0, len(slots), per):
+                out += b"".join(slots[q:q + per]).ljust(mm.act_stride, b"\0")
+        return bytes(out)
     for v in np.asarray(values, np.int64).reshape(-1):
         raw = int(v).to_bytes(prog.output_value_bytes, "little", signed=True)
         raw = raw.ljust(k * mm.act_entry_bytes, b"\0")
