@@ -16,7 +16,9 @@ Parameters (``hadahw.sim.tbutil.tb_params``):
 ``cases``         list of {``name``, ``writes``: [[space, addr, hex], ...] (input last),
                   ``run_addr``, ``output_addr``, ``output_length``, ``act_stride``,
                   ``act_entry_bytes``, ``entries_per_output``, ``output_value_bytes``,
-                  ``expected`` (flat list of ints), ``cycles`` (predicted)}
+                  ``packed_values_per_pixel`` (0: not packed; else the final layer's channels,
+                  packed ``act_entry_bytes // output_value_bytes`` to an entry, each pixel from a
+                  new entry), ``expected`` (flat list of ints), ``cycles`` (predicted)}
 
 Randomness comes from ``cocotb.RANDOM_SEED``.
 """
@@ -38,6 +40,16 @@ def decode_output(data: bytes, case: dict) -> list[int]:
     """Independent decoder of the output buffer (see :func:`hadahw.program.unpack_output`)."""
     stride, entry = case["act_stride"], case["act_entry_bytes"]
     k, ob = case["entries_per_output"], case["output_value_bytes"]
+    n = case.get("packed_values_per_pixel", 0)
+    if n:
+        per = entry // ob
+        entries = [data[e * stride:e * stride + per * ob] for e in range(len(data) // stride)]
+        per_pixel = -(-n // per)
+        values = []
+        for p in range(len(entries) // per_pixel):
+            slots = b"".join(entries[p * per_pixel:(p + 1) * per_pixel])
+            values += [int.from_bytes(slots[i * ob:(i + 1) * ob], "little", signed=True) for i in range(n)]
+        return values
     assert len(data) % (stride * k) == 0, f"output length {len(data)} is not a multiple of {stride}*{k}"
     values = []
     for v in range(len(data) // (stride * k)):

@@ -10,6 +10,8 @@ and compares for equality. The larger matrix is marked ``slow`` (``pytest --runs
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -46,9 +48,13 @@ def build_key(kw: dict) -> dict:
     return {k: (repr(v) if isinstance(v, DeltaFormat) else v) for k, v in kw.items()}
 
 
-def make_case(cfg: AcceleratorConfig, spec: Spec, seed: int, name: str) -> dict:
+def make_case(cfg: AcceleratorConfig, spec: Spec, seed: int, name: str, final_saturate: int | None = None) -> dict:
+    """A case for sim/tb_core.py; ``final_saturate`` forces the final layer's saturation (e.g. to pack it)."""
     rng = np.random.default_rng(seed)
     layers, act = random_network(rng, cfg, spec)
+    if final_saturate is not None:
+        last = layers[-1]
+        layers[-1] = dataclasses.replace(last, requant=dataclasses.replace(last.requant, saturate_bits=final_saturate))
     prog = compile_network(layers, cfg)
     mm = prog.memory_map
     want = run_network(layers, act)
@@ -66,6 +72,7 @@ def make_case(cfg: AcceleratorConfig, spec: Spec, seed: int, name: str) -> dict:
         "act_entry_bytes": mm.act_entry_bytes,
         "entries_per_output": prog.output_spacing,       # 1 for a narrow final layer
         "output_value_bytes": prog.output_value_bytes,
+        "packed_values_per_pixel": int(prog.output_shape[-1]) if prog.output_packed else 0,
         "expected": [int(v) for v in np.asarray(want).reshape(-1)],
         "cycles": int(predict_cycles(prog)),
     }
@@ -76,7 +83,8 @@ def check_core(name: str, kw: dict, cases: list[tuple[Spec, int]], *, sim: str |
     params = {
         "spaces": {s.name: int(s) for s in Space},
         "status_ok": int(Status.OK),
-        "cases": [make_case(cfg, spec, s, f"{name}-case{i}-seed{s}") for i, (spec, s) in enumerate(cases)],
+        "cases": [make_case(cfg, spec, s, f"{name}-case{i}-seed{s}", *sat)
+                  for i, (spec, s, *sat) in enumerate(cases)],
     }
     build = build_dir_for(f"core_{name}", build_key(kw))
     result = run_cocotb(HadaCore(cfg), toplevel=TOP, test_module=TB, build_dir=build, parameters=params,
@@ -93,17 +101,19 @@ DEFAULT_CONFIGS = [
     ("R4-L16-bw8-ba4-fixed8-dsp", config_kwargs(lanes=16, rows=4, bw=8, ba=4),
      [(CONV2(16, 4, 16, 6), 10),
       (Spec((20,), ("linear", 10), ("linear", 5)), 11),
-      (Spec((6, 6, 4), ("conv", 8, 3, 1, 1, 2), ("conv", 16, 3, 2, 1, 1), ("linear", 5)), 12)]),
+      (Spec((6, 6, 4), ("conv", 8, 3, 1, 1, 2), ("conv", 16, 3, 2, 1, 1), ("linear", 5)), 12),
+      (Spec((20,), ("linear", 10), ("linear", 13)), 13, 8)]),             # final values packed 2 bytes each
     ("R2-L8-bw16gtL-ba4-log2-shiftadd",
      config_kwargs(lanes=8, rows=2, bw=16, ba=4, fmt=LOG2_4, scaling="shiftadd", weight_depth=256),
      [(Spec((32,), ("linear", 12), ("linear", 3)), 20),
       (CONV2(8, 4, 8, 4), 21),
-      (Spec((5, 5, 8), ("conv", 8, 3, 1, 1, 1), ("conv", 16, 3, 2, 0, 1), ("linear", 7)), 22)]),
+      (Spec((5, 5, 8), ("conv", 8, 3, 1, 1, 1), ("conv", 16, 3, 2, 0, 1), ("linear", 7)), 22),
+      (Spec((4, 4, 8), ("conv", 8, 3, 1, 1, 1), ("conv", 9, 3, 2, 1, 1)), 23, 6)]),  # packed 1 byte, 2x2 pixels
 ]
 
 
 def _ids(configs):
-    return [f"{name}-seeds{'_'.join(str(s) for _, s in cases)}" for name, _, cases in configs]
+    return [f"{name}-seeds{'_'.join(str(case[1]) for case in cases)}" for name, _, cases in configs]
 
 
 @pytest.mark.parametrize("name,kw,cases", DEFAULT_CONFIGS, ids=_ids(DEFAULT_CONFIGS))
