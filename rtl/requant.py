@@ -166,12 +166,9 @@ class Requantizer(wiring.Component):
         valid = [Signal(name=f"s{k}_valid") for k in range(nst)]
         advance = Signal()
         m.d.comb += advance.eq(~valid[nst - 1] | self.o_stream.ready)
-        ready = [advance] * nst
-        prev = [self.i_stream.valid] + valid[:-1]
-        for k in range(nst):
-            with m.If(ready[k]):
-                m.d.sync += valid[k].eq(prev[k])
-        m.d.comb += [self.i_stream.ready.eq(ready[0]), self.o_stream.valid.eq(valid[nst - 1])]
+        with m.If(advance):
+            m.d.sync += [v.eq(p) for v, p in zip(valid, [self.i_stream.valid] + valid[:-1])]
+        m.d.comb += [self.i_stream.ready.eq(advance), self.o_stream.valid.eq(valid[nst - 1])]
 
         # Side band (channel, first, last) travels along every stage.  Data registers need no
         # reset (the valid bits qualify them), which lets them pack with the logic in front.
@@ -182,7 +179,7 @@ class Requantizer(wiring.Component):
                                           "first": unsigned(1), "last": unsigned(1)}),
                        name=f"s{k}_side", reset_less=True)
             src = side_regs[-1] if side_regs else side
-            with m.If(ready[k]):
+            with m.If(advance):
                 m.d.sync += [r.channel.eq(src.channel), r.first.eq(src.first), r.last.eq(src.last)]
             side_regs.append(r)
 
@@ -204,40 +201,40 @@ class Requantizer(wiring.Component):
             m.d.comb += [
                 mwp.addr.eq(self.param_addr), mwp.data.eq(self.param_data.mult), mwp.en.eq(self.param_we),
                 bwp.addr.eq(self.param_addr), bwp.data.eq(self.param_data.bias), bwp.en.eq(self.param_we),
-                mrp.addr.eq(self.i_stream.payload.channel), mrp.en.eq(ready[0]),
-                brp.addr.eq(side_regs[0].channel), brp.en.eq(ready[1]),
+                mrp.addr.eq(self.i_stream.payload.channel), mrp.en.eq(advance),
+                brp.addr.eq(side_regs[0].channel), brp.en.eq(advance),
             ]
             mult0, bias1 = mrp.data, brp.data
         else:
             m.submodules.params = mem = Memory(shape=self.param_layout, depth=self.channels, init=[], attrs=attrs)
             wp, rp = mem.write_port(), EBRReadPort(m, mem)
             m.d.comb += [wp.addr.eq(self.param_addr), wp.data.eq(self.param_data), wp.en.eq(self.param_we),
-                         rp.addr.eq(self.i_stream.payload.channel), rp.en.eq(ready[0])]
+                         rp.addr.eq(self.i_stream.payload.channel), rp.en.eq(advance)]
             mult0 = rp.data.mult
             bias1 = Signal(signed(bw), reset_less=True)
-            with m.If(ready[1]):
+            with m.If(advance):
                 m.d.sync += bias1.eq(rp.data.bias)
 
         # Stage 0: ReLU.
         acc0 = Signal(signed(aw), reset_less=True)
         a = self.i_stream.payload.acc
-        with m.If(ready[0]):
+        with m.If(advance):
             m.d.sync += acc0.eq(Mux(cfg.relu & a[-1], 0, a))
 
         # Stage 1: registered product (SB_MAC16 output register).
         prod1 = Signal(signed(aw + mw), reset_less=True)
-        with m.If(ready[1]):
+        with m.If(advance):
             m.d.sync += prod1.eq(acc0 * mult0)
 
         # Stage 2: v = o*M + B.
         v2 = Signal(signed(w), reset_less=True)
-        with m.If(ready[2]):
+        with m.If(advance):
             m.d.sync += v2.eq(prod1 + bias1)
 
         # Stage 3: t = (2v) >> S (arithmetic), so that y = (t + 1) >> 1 for every S, including 0
         # ((2v + 1) >> 1 == v): t[1:] = v >> S and t[0] is the rounding bit v[S-1] (0 for S == 0).
         t3 = Signal(signed(w + 1), reset_less=True)
-        with m.If(ready[3]):
+        with m.If(advance):
             x = Cat(Const(0, 1), v2).as_signed()
             for j in reversed(range(len(cfg.shift))):
                 x = Mux(cfg.shift[j], x >> (1 << j), x)
@@ -270,7 +267,7 @@ class Requantizer(wiring.Component):
                | Cat(u[0], u[1], *(u[i] | ~below[i - 1] for i in mid)).all())
         force = cfg.saturate & ovf
         y4 = Signal(signed(w), reset_less=True)
-        with m.If(ready[4]):
+        with m.If(advance):
             forced = Cat(Const(1, 1), *((st ^ below[i]) if i < nmax else st for i in range(1, w)))
             m.d.sync += y4.eq(Mux(force, forced, y))
 
