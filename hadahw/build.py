@@ -689,7 +689,7 @@ def build(opts: BuildOptions) -> tuple[int, dict]:
     commands = json.loads((out / f"build_{TOP_NAME}.json").read_text())["commands"]
     tool_var = {"yosys": "YOSYS", "nextpnr-ice40": "NEXTPNR_ICE40", "icepack": "ICEPACK"}
     names = {"yosys": "synth", "nextpnr-ice40": "pnr", "icepack": "pack"}
-    for stale in ("report.json", "nextpnr_report.json", f"{TOP_NAME}.bin", f"{TOP_NAME}.asc"):
+    for stale in ("report.json", "nextpnr_report.json", f"{TOP_NAME}.tim", f"{TOP_NAME}.bin", f"{TOP_NAME}.asc"):
         (out / stale).unlink(missing_ok=True)
 
     def run_commands(cmds) -> tuple[str, BuildError] | None:
@@ -707,22 +707,21 @@ def build(opts: BuildOptions) -> tuple[int, dict]:
         return None
 
     failure = run_commands(commands)
-    util, fmax_by_clock = _pnr_results(out) if failure is None or failure[0] != "synth" else ({}, {})
-    f = min(fmax_by_clock.values()) if fmax_by_clock else None
     # Placement again with the next seeds while the clock is missed (see SEED_TRIES).
-    attempts = [{"seed": opts.seed, "fmax_mhz": round(f, 2) if f is not None else None}]
     place_and_pack = [c for c in commands if c[0] in ("nextpnr-ice40", "icepack")]
-    for seed in range(opts.seed + 1, opts.seed + opts.seed_tries):
-        if failure is not None or f is None or f >= target:
+    seed, attempts = opts.seed, []
+    while True:
+        util, fmax_by_clock = _pnr_results(out)
+        f = min(fmax_by_clock.values(), default=None)
+        attempts.append({"seed": seed, "fmax_mhz": round(f, 2) if f is not None else None})
+        if failure is not None or f is None or f >= target or len(attempts) == opts.seed_tries:
             break
+        seed += 1
         prog.note(f"timing not met with placer seed {seed - 1} ({f:.2f} < {target:g} MHz); "
-                  f"placing again with seed {seed} (try {seed - opts.seed + 1} of {opts.seed_tries})")
+                  f"placing again with seed {seed} (try {len(attempts) + 1} of {opts.seed_tries})")
         (out / "nextpnr_report.json").unlink(missing_ok=True)
         failure = run_commands([_with_seed(c, seed) for c in place_and_pack])
-        util, fmax_by_clock = _pnr_results(out)
-        f = min(fmax_by_clock.values()) if fmax_by_clock else None
-        attempts.append({"seed": seed, "fmax_mhz": round(f, 2) if f is not None else None})
-    report["seed"] = attempts[-1]["seed"]
+    report["seed"] = seed
     report["seed_attempts"] = attempts
     times["total"] = time.perf_counter() - t_start
     report["build_seconds"] = {k: round(v, 2) for k, v in times.items()}
