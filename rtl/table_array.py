@@ -1,0 +1,151 @@
+"""Stationary-weight popcount array whose xnor and first popcount levels are EBR lookup tables.
+
+``TableArray(rows=R, lanes=L)`` computes, every cycle, the xnor-popcount of one ``L``-bit
+activation word against ``R`` stationary weight rows and accumulates it per row: ``R * L``
+binary MACs per cycle.  The weights live only as table images (:mod:`hadahw.tables`) in
+``(R / 4) * (L / 8)`` memory blocks of 256 x 16 bits, one iCE40 EBR each: block ``(rg, g)`` is
+addressed by the 8 activation bits of lane group ``g`` and returns the four popcounts of rows
+``4 rg .. 4 rg + 3`` over those lanes.  The logic left per row is an adder tree over ``L / 8``
+4-bit fields and an accumulator; there are no weight flip-flops and no xnor gates.
+
+This is the array of the stationary-weight datapath of ``docs/throughput.md``, built and
+measured on its own (``bench/table_array_bench.py``); the accelerator's sequencer does not drive
+it yet.
+
+Ports
+-----
+Table load (``load_*``, registered once inside; the loaded entry is readable two cycles after
+the write is presented): ``load_en`` writes ``load_data`` to entry ``load_addr`` of block
+``load_table``.  Words streamed while a block they read is being loaded see undefined counts.
+
+Words: ``valid`` qualifies ``act`` (bit ``i`` = lane ``i``) and ``first`` (start a new
+accumulation).  The array is a free-running pipeline without back-pressure: idle cycles are
+``valid`` low.  :attr:`TableArray.latency` cycles after a valid word, ``acc_valid`` is high for one
+cycle and ``acc[r]`` holds row ``r``'s sum of popcounts over the words since the last ``first``
+(the word itself included); ``acc`` holds its value between valid words.  Counts wrap modulo
+``2 ** acc_bits``: an accumulation of ``n`` words needs ``acc_bits >= (n * L).bit_length()``.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hadahw.tables import FIELD_BITS, TABLE_DEPTH, TABLE_LANES, TABLE_ROWS, table_count
+
+from .memories import EBRReadPort
+from .pipeline import Stager, adder_tree, fit
+
+__all__ = ["UP5K_EBR", "TableArray"]
+
+#: EBR blocks of the iCE40 UP5K: the most tables one array may use there.
+UP5K_EBR = 30
+
+
+def _positive_int(name: str, v, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {v!r}")
+    return v
+
+
+class TableArray(wiring.Component):
+    """``rows`` x ``lanes`` stationary-weight xnor-popcount array on EBR lookup tables.
+
+    Parameters
+    ----------
+    rows, lanes : int
+        Rows (multiple of 4) and lanes (multiple of 8).
+    acc_bits : int
+        Accumulator width per row (at least enough for one word's count, at most 32).
+    levels_per_stage : int
+        Adder-tree levels between pipeline registers (the accumulator's add counts as one).
+    max_tables : int
+        Most blocks allowed (default the UP5K's 30 EBR).
+
+    Attributes
+    ----------
+    tables : int
+        Memory blocks used, ``(rows / 4) * (lanes / 8)``.
+    bmac_per_cycle : int
+        ``rows * lanes``.
+    latency : int
+        Cycles from a valid word at the ports to ``acc_valid`` with that word counted.
+    """
+
+    def __init__(self, *, rows: int, lanes: int, acc_bits: int = 16, levels_per_stage: int = 2,
+                 max_tables: int = UP5K_EBR):
+        try:
+            self.tables = table_count(rows, lanes)
+            if self.tables > max_tables:
+                raise ValueError(f"rows x lanes = {rows} x {lanes} needs {self.tables} memory blocks (rows/4 * "
+                                 f"lanes/8); max_tables is {max_tables}")
+            _positive_int("acc_bits", acc_bits, lanes.bit_length(), 32)
+            _positive_int("levels_per_stage", levels_per_stage, 1, 8)
+        except Exception:
+            self._MustUse__silence = True  # never built: no "created but never used" warning
+            raise
+        self.rows, self.lanes, self.acc_bits = rows, lanes, acc_bits
+        self.levels_per_stage = levels_per_stage
+        self.groups = lanes // TABLE_LANES
+        self.bmac_per_cycle = rows * lanes
+        dry = Stager(levels_per_stage)
+        self._row_sums(dry, [[0] * self.groups] * rows)
+        # the EBR's output register + the tree's registers + the accumulator register
+        self.latency = 1 + dry.stage + 1
+        super().__init__({
+            "load_en": In(1), "load_table": In(range(self.tables)),
+            "load_addr": In(range(TABLE_DEPTH)), "load_data": In(TABLE_ROWS * FIELD_BITS),
+            "valid": In(1), "first": In(1), "act": In(lanes),
+            "acc_valid": Out(1), "acc": Out(data.ArrayLayout(unsigned(acc_bits), rows)),
+        })
+
+    def _row_sums(self, st: Stager, fields: list[list]) -> list:
+        """Each row's sum of its fields, pipelined by ``st``; leaves room for the accumulator's add."""
+        sums = adder_tree(st, fields)
+        if st.level + 1 > self.levels_per_stage:
+            sums = st.register(sums)
+        return sums
+
+    def elaborate(self, platform):
+        m = Module()
+        R, G = self.rows, self.groups
+
+        # Load port: registered once, then fanned out to every block.
+        l_en, l_addr, l_data = Signal(), Signal(8), Signal(TABLE_ROWS * FIELD_BITS)
+        l_sel = Signal(range(self.tables))
+        m.d.sync += [l_en.eq(self.load_en), l_addr.eq(self.load_addr), l_data.eq(self.load_data),
+                     l_sel.eq(self.load_table)]
+
+        fields = [[None] * G for _ in range(R)]
+        for rg in range(R // TABLE_ROWS):
+            for g in range(G):
+                t = rg * G + g
+                mem = Memory(shape=TABLE_ROWS * FIELD_BITS, depth=TABLE_DEPTH, init=[], attrs={"no_rw_check": 1})
+                m.submodules[f"table{t}"] = mem
+                wp = mem.write_port()
+                m.d.comb += [wp.addr.eq(l_addr), wp.data.eq(l_data), wp.en.eq(l_en & (l_sel == t))]
+                rp = EBRReadPort(m, mem)
+                m.d.comb += [rp.addr.eq(self.act[TABLE_LANES * g:TABLE_LANES * (g + 1)]), rp.en.eq(1)]
+                for j in range(TABLE_ROWS):
+                    fields[TABLE_ROWS * rg + j][g] = rp.data[FIELD_BITS * j:FIELD_BITS * (j + 1)]
+
+        st = Stager(self.levels_per_stage, m, name="tree", reset_less=True)
+        sums = self._row_sums(st, fields)
+
+        # valid/first follow the data through the same number of stages (with reset: no phantom words).
+        valid, first = self.valid, self.first
+        for _ in range(1 + st.stage):  # the EBR register, then the tree's
+            v, f = Signal(), Signal()
+            m.d.sync += [v.eq(valid), f.eq(first)]
+            valid, first = v, f
+
+        for r in range(R):
+            acc = self.acc[r]
+            acc_q = Signal(unsigned(self.acc_bits), reset_less=True, name=f"acc{r}")
+            with m.If(valid):
+                m.d.sync += acc_q.eq(fit(Mux(first, 0, acc_q) + sums[r], unsigned(self.acc_bits)))
+            m.d.comb += acc.eq(acc_q)
+        m.d.sync += self.acc_valid.eq(valid)
+        return m
