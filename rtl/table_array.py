@@ -6,7 +6,13 @@ binary MACs per cycle.  The weights live only as table images (:mod:`hadahw.tabl
 ``(R / 4) * (L / 8)`` memory blocks of 256 x 16 bits, one iCE40 EBR each: block ``(rg, g)`` is
 addressed by the 8 activation bits of lane group ``g`` and returns the four popcounts of rows
 ``4 rg .. 4 rg + 3`` over those lanes.  The logic left per row is an adder tree over ``L / 8``
-4-bit fields and an accumulator; there are no weight flip-flops and no xnor gates.
+4-bit fields and an accumulator; the datapath has no xnor gates and holds no weights in flip-flops.
+
+The images are built on chip from weight bits, one *row slot* ``j`` (rows ``4 rg + j`` of every
+row group) at a time and in every block at once: field ``j`` of entry ``a`` must be
+``popcount(a ^ ~w)`` for the block's weight byte ``w``, so the filler writes ``popcount(x)`` to
+entry ``x ^ ~w`` for ``x = 0 .. 255``, a shared counter, a shared popcount and eight XORs per block,
+with the EBR's write mask keeping the other three fields.  A whole tile takes 4 x 257 cycles.
 
 This is the array of the stationary-weight datapath of ``docs/throughput.md``, built and
 measured on its own (``bench/table_array_bench.py``); the accelerator's sequencer does not drive
@@ -14,9 +20,12 @@ it yet.
 
 Ports
 -----
-Table load (``load_*``, registered once inside; the loaded entry is readable two cycles after
-the write is presented): ``load_en`` writes ``load_data`` to entry ``load_addr`` of block
-``load_table``.  Words streamed while a block they read is being loaded see undefined counts.
+Fill: in a cycle with ``fill_busy`` low, ``fill_start`` takes ``fill_row`` (the slot ``j``) and
+``fill_weights[t]`` (block ``t``'s weight byte for slot ``j``: bit ``i`` = lane ``8 g + i`` of row
+``4 rg + j``, ``t = rg * L / 8 + g``); ``fill_busy`` is then high for 256 cycles while the slot's
+fields are written (``fill_start`` is ignored meanwhile).  Words read by the EBR while slot ``j``
+is being filled give undefined counts for its rows only; the other rows' counts stay exact, so
+words may stream during a fill.
 
 Words: ``valid`` qualifies ``act`` (bit ``i`` = lane ``i``) and ``first`` (start a new
 accumulation).  The array is a free-running pipeline without back-pressure: idle cycles are
@@ -30,7 +39,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
-from amaranth.lib.memory import Memory
+from amaranth.lib.memory import Memory, MemoryData
 from amaranth.lib.wiring import In, Out
 
 from hadahw.tables import FIELD_BITS, TABLE_DEPTH, TABLE_LANES, TABLE_ROWS, table_count
@@ -72,6 +81,8 @@ class TableArray(wiring.Component):
         ``rows * lanes``.
     latency : int
         Cycles from a valid word at the ports to ``acc_valid`` with that word counted.
+    table_data : list of MemoryData
+        The blocks' contents, block ``t`` at index ``t`` (simulation may read them).
     """
 
     def __init__(self, *, rows: int, lanes: int, acc_bits: int = 16, levels_per_stage: int = 2,
@@ -94,9 +105,11 @@ class TableArray(wiring.Component):
         self._row_sums(dry, [[0] * self.groups] * rows)
         # the EBR's output register + the tree's registers + the accumulator register
         self.latency = 1 + dry.stage + 1
+        self.table_data = [MemoryData(shape=TABLE_ROWS * FIELD_BITS, depth=TABLE_DEPTH, init=[])
+                           for _ in range(self.tables)]
         super().__init__({
-            "load_en": In(1), "load_table": In(range(self.tables)),
-            "load_addr": In(range(TABLE_DEPTH)), "load_data": In(TABLE_ROWS * FIELD_BITS),
+            "fill_start": In(1), "fill_row": In(range(TABLE_ROWS)),
+            "fill_weights": In(data.ArrayLayout(TABLE_LANES, self.tables)), "fill_busy": Out(1),
             "valid": In(1), "first": In(1), "act": In(lanes),
             "acc_valid": Out(1), "acc": Out(data.ArrayLayout(unsigned(acc_bits), rows)),
         })
@@ -112,20 +125,30 @@ class TableArray(wiring.Component):
         m = Module()
         R, G = self.rows, self.groups
 
-        # Load port: registered once, then fanned out to every block.
-        l_en, l_addr, l_data = Signal(), Signal(8), Signal(TABLE_ROWS * FIELD_BITS)
-        l_sel = Signal(range(self.tables))
-        m.d.sync += [l_en.eq(self.load_en), l_addr.eq(self.load_addr), l_data.eq(self.load_data),
-                     l_sel.eq(self.load_table)]
+        # Filler: x runs 0..255 once per slot; entry x ^ ~w gets popcount(x) in field `slot`.
+        x = Signal(8)
+        slot = Signal(range(TABLE_ROWS))
+        not_w = [Signal(TABLE_LANES, name=f"fill_nw{t}", reset_less=True) for t in range(self.tables)]
+        with m.If(self.fill_busy):
+            m.d.sync += x.eq(x + 1)
+            with m.If(x == TABLE_DEPTH - 1):
+                m.d.sync += self.fill_busy.eq(0)
+        with m.Elif(self.fill_start):
+            m.d.sync += [self.fill_busy.eq(1), x.eq(0), slot.eq(self.fill_row)]
+            m.d.sync += [nw.eq(~self.fill_weights[t]) for t, nw in enumerate(not_w)]
+        count = Signal(FIELD_BITS)
+        m.d.comb += count.eq(sum(x[i] for i in range(TABLE_LANES)))
+        field_en = Signal(TABLE_ROWS)
+        m.d.comb += field_en.eq(Mux(self.fill_busy, 1 << slot, 0))
 
         fields = [[None] * G for _ in range(R)]
         for rg in range(R // TABLE_ROWS):
             for g in range(G):
                 t = rg * G + g
-                mem = Memory(shape=TABLE_ROWS * FIELD_BITS, depth=TABLE_DEPTH, init=[], attrs={"no_rw_check": 1})
+                mem = Memory(data=self.table_data[t], attrs={"no_rw_check": 1})
                 m.submodules[f"table{t}"] = mem
-                wp = mem.write_port()
-                m.d.comb += [wp.addr.eq(l_addr), wp.data.eq(l_data), wp.en.eq(l_en & (l_sel == t))]
+                wp = mem.write_port(granularity=FIELD_BITS)
+                m.d.comb += [wp.addr.eq(x ^ not_w[t]), wp.data.eq(count.replicate(TABLE_ROWS)), wp.en.eq(field_en)]
                 rp = EBRReadPort(m, mem)
                 m.d.comb += [rp.addr.eq(self.act[TABLE_LANES * g:TABLE_LANES * (g + 1)]), rp.en.eq(1)]
                 for j in range(TABLE_ROWS):

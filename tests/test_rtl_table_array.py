@@ -2,10 +2,12 @@
 """Lookup-table popcount array: table images and the gateware against an independent xnor-popcount.
 
 The reference counts agreeing sign bits directly from the weight matrix (never through the table
-images); the gateware sees the weights only as the images the host would load.  Checked cycle
-by cycle: ``acc_valid`` exactly ``latency`` cycles after each word and never otherwise, ``acc``
-equal to the reference then and held in between, across idle cycles, ``first`` restarts,
-accumulator wrap-around and a reload of every table between two passes.
+images); the gateware gets the weights as fill bytes, one row slot at a time, and builds the
+images itself.  Checked cycle by cycle: ``acc_valid`` exactly ``latency`` cycles after each word
+and never otherwise, ``acc`` equal to the reference then and held in between, across idle
+cycles, ``first`` restarts, accumulator wrap-around and a refill of some row slots between two
+passes (the others must keep their weights); and words streamed during a fill, exact for the
+rows outside the slot being filled.
 """
 
 import numpy as np
@@ -79,8 +81,32 @@ def test_latency_follows_the_tree_depth():
 
 # -- gateware ------------------------------------------------------------------------------------
 
+def _slot_bytes(weights, slot):
+    """fill_weights for one row slot, computed from the weight matrix (block t = rg * G + g)."""
+    rows, lanes = weights.shape
+    return [int(sum(int(weights[4 * rg + slot, 8 * g + i]) << i for i in range(8)))
+            for rg in range(rows // 4) for g in range(lanes // 8)]
+
+
+async def _fill(ctx, dut, weights, slots, tick):
+    for j in slots:
+        while ctx.get(dut.fill_busy):
+            await tick()
+        ctx.set(dut.fill_start, 1)
+        ctx.set(dut.fill_row, j)
+        for t, byte in enumerate(_slot_bytes(weights, j)):
+            ctx.set(dut.fill_weights[t], byte)
+        await tick()
+        ctx.set(dut.fill_start, 0)
+        busy = 0
+        while ctx.get(dut.fill_busy):
+            busy += 1
+            await tick()
+        assert busy == 256, f"fill_busy was high for {busy} cycles, not 256"
+
+
 def _simulate(dut: TableArray, passes, rng, *, p_idle: float):
-    """Load each pass's tables, stream its words; return per-cycle observations and word cycles."""
+    """Fill each pass's row slots, stream its words; return per-cycle observations and word cycles."""
     obs = {}          # cycle -> (acc_valid, acc tuple) seen during that cycle
     words = []        # (cycle, pass index, word index)
 
@@ -93,16 +119,8 @@ def _simulate(dut: TableArray, passes, rng, *, p_idle: float):
             cycle += 1
             obs[cycle] = (ctx.get(dut.acc_valid), tuple(ctx.get(dut.acc[r]) for r in range(dut.rows)))
 
-        for p, (weights, stream) in enumerate(passes):
-            for t, img in enumerate(array_tables(weights)):
-                for a in range(TABLE_DEPTH):
-                    ctx.set(dut.load_en, 1)
-                    ctx.set(dut.load_table, t)
-                    ctx.set(dut.load_addr, a)
-                    ctx.set(dut.load_data, int(img[a]))
-                    await tick()
-            ctx.set(dut.load_en, 0)
-            await tick()  # the load register, then the memory write
+        for p, (weights, slots, stream) in enumerate(passes):
+            await _fill(ctx, dut, weights, slots, tick)
             for i, (act, first) in enumerate(stream):
                 while rng.random() < p_idle:
                     await tick()
@@ -135,13 +153,18 @@ def _check(rows, lanes, acc_bits, lps, seed, *, n_words=40, p_idle=0.3, p_first=
     rng = np.random.default_rng(seed)
     dut = TableArray(rows=rows, lanes=lanes, acc_bits=acc_bits, levels_per_stage=lps)
     passes = []
-    for _ in range(2):  # a second pass reloads every table with new weights
-        weights = rng.integers(0, 2, size=(rows, lanes)).astype(bool)
+    weights = rng.integers(0, 2, size=(rows, lanes)).astype(bool)
+    slots = [0, 1, 2, 3]
+    for _ in range(2):
         stream = [(rng.integers(0, 2, size=lanes).astype(bool), i == 0 or rng.random() < p_first)
                   for i in range(n_words)]
-        passes.append((weights, stream))
+        passes.append((weights.copy(), slots, stream))
+        # The second pass refills some row slots with new weights; the others must keep theirs.
+        slots = sorted(rng.choice(4, size=int(rng.integers(1, 4)), replace=False).tolist())
+        for j in slots:
+            weights[j::4] = rng.integers(0, 2, size=(rows // 4, lanes)).astype(bool)
     obs, words = _simulate(dut, passes, rng, p_idle=p_idle)
-    expected = {p: _reference(w, s, acc_bits) for p, (w, s) in enumerate(passes)}
+    expected = {p: _reference(w, s, acc_bits) for p, (w, _, s) in enumerate(passes)}
     due = {c + dut.latency: expected[p][i] for c, p, i in words}
     held = None
     for cycle in sorted(obs):
@@ -155,6 +178,64 @@ def _check(rows, lanes, acc_bits, lps, seed, *, n_words=40, p_idle=0.3, p_first=
             if held is not None:
                 assert acc == held, f"seed {seed}: acc changed at cycle {cycle} without a word"
     assert len(due) == 2 * n_words
+
+
+def test_fill_writes_the_table_images_of_the_contract():
+    rng = np.random.default_rng(11)
+    dut = TableArray(rows=8, lanes=24)
+    weights = rng.integers(0, 2, size=(8, 24)).astype(bool)
+    contents = []
+
+    async def tb(ctx):
+        await _fill(ctx, dut, weights, range(4), ctx.tick)
+        contents.extend([ctx.get(d[a]) for a in range(TABLE_DEPTH)] for d in dut.table_data)
+
+    run_sim(dut, tb)
+    assert np.array_equal(np.array(contents), array_tables(weights))
+
+
+@pytest.mark.parametrize("rows, lanes, slot", [(8, 16, 0), (4, 24, 3)])
+def test_words_during_a_fill_are_exact_outside_its_slot(rows, lanes, slot):
+    rng = np.random.default_rng(rows + lanes + slot)
+    dut = TableArray(rows=rows, lanes=lanes)
+    old = rng.integers(0, 2, size=(rows, lanes)).astype(bool)
+    new = old.copy()
+    new[slot::4] = ~old[slot::4]  # every weight of the slot changes
+    acts = rng.integers(0, 2, size=(300, lanes)).astype(bool)
+    seen = []  # (word index, acc) for every acc_valid
+
+    async def tb(ctx):
+        async def tick():
+            await ctx.tick()
+            if ctx.get(dut.acc_valid):
+                seen.append(tuple(ctx.get(dut.acc[r]) for r in range(rows)))
+
+        await _fill(ctx, dut, old, range(4), tick)
+        ctx.set(dut.fill_start, 1)
+        ctx.set(dut.fill_row, slot)
+        for t, byte in enumerate(_slot_bytes(new, slot)):
+            ctx.set(dut.fill_weights[t], byte)
+        await tick()
+        ctx.set(dut.fill_start, 0)
+        for act in acts:  # one-word accumulations, the first 256 while the slot is written
+            ctx.set(dut.valid, 1)
+            ctx.set(dut.first, 1)
+            ctx.set(dut.act, int(sum(int(b) << k for k, b in enumerate(act))))
+            await tick()
+        ctx.set(dut.valid, 0)
+        for _ in range(dut.latency + 1):
+            await tick()
+
+    run_sim(dut, tb)
+    assert len(seen) == len(acts)
+    others = [r for r in range(rows) if r % 4 != slot]
+    for i, (act, acc) in enumerate(zip(acts, seen)):
+        want_old = (act[None, :] == old).sum(axis=1)
+        assert [acc[r] for r in others] == [int(want_old[r]) for r in others], f"word {i}: another slot changed"
+    # Words read after the last write (the EBR read is at the word's cycle) see the new slot.
+    for i in range(256, len(acts)):
+        want_new = (acts[i][None, :] == new).sum(axis=1)
+        assert list(seen[i]) == [int(v) for v in want_new], f"word {i}: slot {slot} not refilled"
 
 
 # (rows, lanes, acc_bits, levels_per_stage): one block, several row groups and lane groups, odd
