@@ -47,7 +47,7 @@ from hadahw.tables import FIELD_BITS, TABLE_DEPTH, TABLE_LANES, TABLE_ROWS, tabl
 from .memories import EBRReadPort
 from .pipeline import Stager, adder_tree, fit
 
-__all__ = ["UP5K_EBR", "TableArray"]
+__all__ = ["UP5K_EBR", "TableArray", "TableBank", "fill_members", "forward_fill"]
 
 #: EBR blocks of the iCE40 UP5K: the most tables one array may use there.
 UP5K_EBR = 30
@@ -57,6 +57,92 @@ def _positive_int(name: str, v, lo: int, hi: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
         raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {v!r}")
     return v
+
+
+class TableBank(wiring.Component):
+    """The memory blocks and their filler: ``fields[r][g]`` = popcount(xnor) of row ``r``, lane group ``g``.
+
+    The ``fill_*`` ports are those of the module docstring.  ``act`` (bit ``i`` = lane ``i``)
+    addresses every block each cycle; ``fields`` shows the counts the next cycle (the EBR's
+    output register) and holds them while ``act`` is unchanged.
+
+    Parameters
+    ----------
+    rows, lanes : int
+        Rows (multiple of 4) and lanes (multiple of 8).
+    max_tables : int
+        Most blocks allowed (default the UP5K's 30 EBR).
+
+    Attributes
+    ----------
+    tables : int
+        Memory blocks, ``(rows / 4) * (lanes / 8)``.
+    table_data : list of MemoryData
+        The blocks' contents, block ``t`` at index ``t`` (simulation may read them).
+    """
+
+    def __init__(self, *, rows: int, lanes: int, max_tables: int = UP5K_EBR):
+        try:
+            self.tables = table_count(rows, lanes)
+            if self.tables > max_tables:
+                raise ValueError(f"rows x lanes = {rows} x {lanes} needs {self.tables} memory blocks (rows/4 * "
+                                 f"lanes/8); max_tables is {max_tables}")
+        except Exception:
+            self._MustUse__silence = True  # never built: no "created but never used" warning
+            raise
+        self.rows, self.lanes, self.groups = rows, lanes, lanes // TABLE_LANES
+        self.table_data = [MemoryData(shape=TABLE_ROWS * FIELD_BITS, depth=TABLE_DEPTH, init=[])
+                           for _ in range(self.tables)]
+        super().__init__({
+            **fill_members(self.tables),
+            "act": In(lanes),
+            "fields": Out(data.ArrayLayout(data.ArrayLayout(unsigned(FIELD_BITS), self.groups), rows)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        R, G = self.rows, self.groups
+
+        # Filler: x runs 0..255 once per slot; entry x ^ ~w gets popcount(x) in field `slot`.
+        x = Signal(8)
+        slot = Signal(range(TABLE_ROWS))
+        not_w = [Signal(TABLE_LANES, name=f"fill_nw{t}", reset_less=True) for t in range(self.tables)]
+        with m.If(self.fill_busy):
+            m.d.sync += x.eq(x + 1)
+            with m.If(x == TABLE_DEPTH - 1):
+                m.d.sync += self.fill_busy.eq(0)
+        with m.Elif(self.fill_start):
+            m.d.sync += [self.fill_busy.eq(1), x.eq(0), slot.eq(self.fill_row)]
+            m.d.sync += [nw.eq(~self.fill_weights[t]) for t, nw in enumerate(not_w)]
+        count = Signal(FIELD_BITS)
+        m.d.comb += count.eq(sum(x[i] for i in range(TABLE_LANES)))
+        field_en = Signal(TABLE_ROWS)
+        m.d.comb += field_en.eq(Mux(self.fill_busy, 1 << slot, 0))
+
+        for rg in range(R // TABLE_ROWS):
+            for g in range(G):
+                t = rg * G + g
+                mem = Memory(data=self.table_data[t], attrs={"no_rw_check": 1})
+                m.submodules[f"table{t}"] = mem
+                wp = mem.write_port(granularity=FIELD_BITS)
+                m.d.comb += [wp.addr.eq(x ^ not_w[t]), wp.data.eq(count.replicate(TABLE_ROWS)), wp.en.eq(field_en)]
+                rp = EBRReadPort(m, mem)
+                m.d.comb += [rp.addr.eq(self.act[TABLE_LANES * g:TABLE_LANES * (g + 1)]), rp.en.eq(1)]
+                for j in range(TABLE_ROWS):
+                    m.d.comb += self.fields[TABLE_ROWS * rg + j][g].eq(rp.data[FIELD_BITS * j:FIELD_BITS * (j + 1)])
+        return m
+
+
+def fill_members(tables: int) -> dict:
+    """The ``fill_*`` signature members of a component built on a :class:`TableBank`."""
+    return {"fill_start": In(1), "fill_row": In(range(TABLE_ROWS)),
+            "fill_weights": In(data.ArrayLayout(TABLE_LANES, tables)), "fill_busy": Out(1)}
+
+
+def forward_fill(m: Module, outer, bank: TableBank) -> None:
+    """Connect ``outer``'s ``fill_*`` ports (made with :func:`fill_members`) to its bank's."""
+    m.d.comb += [bank.fill_start.eq(outer.fill_start), bank.fill_row.eq(outer.fill_row),
+                 bank.fill_weights.eq(outer.fill_weights), outer.fill_busy.eq(bank.fill_busy)]
 
 
 class TableArray(wiring.Component):
@@ -88,28 +174,24 @@ class TableArray(wiring.Component):
     def __init__(self, *, rows: int, lanes: int, acc_bits: int = 16, levels_per_stage: int = 2,
                  max_tables: int = UP5K_EBR):
         try:
-            self.tables = table_count(rows, lanes)
-            if self.tables > max_tables:
-                raise ValueError(f"rows x lanes = {rows} x {lanes} needs {self.tables} memory blocks (rows/4 * "
-                                 f"lanes/8); max_tables is {max_tables}")
+            self.bank = TableBank(rows=rows, lanes=lanes, max_tables=max_tables)
+            self.bank._MustUse__silence = True  # elaborated by this component (which warns if unused)
             _positive_int("acc_bits", acc_bits, lanes.bit_length(), 32)
             _positive_int("levels_per_stage", levels_per_stage, 1, 8)
         except Exception:
             self._MustUse__silence = True  # never built: no "created but never used" warning
             raise
+        self.tables, self.table_data = self.bank.tables, self.bank.table_data
+        self.groups = self.bank.groups
         self.rows, self.lanes, self.acc_bits = rows, lanes, acc_bits
         self.levels_per_stage = levels_per_stage
-        self.groups = lanes // TABLE_LANES
         self.bmac_per_cycle = rows * lanes
         dry = Stager(levels_per_stage)
         self._row_sums(dry, [[0] * self.groups] * rows)
         # the EBR's output register + the tree's registers + the accumulator register
         self.latency = 1 + dry.stage + 1
-        self.table_data = [MemoryData(shape=TABLE_ROWS * FIELD_BITS, depth=TABLE_DEPTH, init=[])
-                           for _ in range(self.tables)]
         super().__init__({
-            "fill_start": In(1), "fill_row": In(range(TABLE_ROWS)),
-            "fill_weights": In(data.ArrayLayout(TABLE_LANES, self.tables)), "fill_busy": Out(1),
+            **fill_members(self.tables),
             "valid": In(1), "first": In(1), "act": In(lanes),
             "acc_valid": Out(1), "acc": Out(data.ArrayLayout(unsigned(acc_bits), rows)),
         })
@@ -125,34 +207,10 @@ class TableArray(wiring.Component):
         m = Module()
         R, G = self.rows, self.groups
 
-        # Filler: x runs 0..255 once per slot; entry x ^ ~w gets popcount(x) in field `slot`.
-        x = Signal(8)
-        slot = Signal(range(TABLE_ROWS))
-        not_w = [Signal(TABLE_LANES, name=f"fill_nw{t}", reset_less=True) for t in range(self.tables)]
-        with m.If(self.fill_busy):
-            m.d.sync += x.eq(x + 1)
-            with m.If(x == TABLE_DEPTH - 1):
-                m.d.sync += self.fill_busy.eq(0)
-        with m.Elif(self.fill_start):
-            m.d.sync += [self.fill_busy.eq(1), x.eq(0), slot.eq(self.fill_row)]
-            m.d.sync += [nw.eq(~self.fill_weights[t]) for t, nw in enumerate(not_w)]
-        count = Signal(FIELD_BITS)
-        m.d.comb += count.eq(sum(x[i] for i in range(TABLE_LANES)))
-        field_en = Signal(TABLE_ROWS)
-        m.d.comb += field_en.eq(Mux(self.fill_busy, 1 << slot, 0))
-
-        fields = [[None] * G for _ in range(R)]
-        for rg in range(R // TABLE_ROWS):
-            for g in range(G):
-                t = rg * G + g
-                mem = Memory(data=self.table_data[t], attrs={"no_rw_check": 1})
-                m.submodules[f"table{t}"] = mem
-                wp = mem.write_port(granularity=FIELD_BITS)
-                m.d.comb += [wp.addr.eq(x ^ not_w[t]), wp.data.eq(count.replicate(TABLE_ROWS)), wp.en.eq(field_en)]
-                rp = EBRReadPort(m, mem)
-                m.d.comb += [rp.addr.eq(self.act[TABLE_LANES * g:TABLE_LANES * (g + 1)]), rp.en.eq(1)]
-                for j in range(TABLE_ROWS):
-                    fields[TABLE_ROWS * rg + j][g] = rp.data[FIELD_BITS * j:FIELD_BITS * (j + 1)]
+        m.submodules.bank = bank = self.bank
+        forward_fill(m, self, bank)
+        m.d.comb += bank.act.eq(self.act)
+        fields = [[bank.fields[r][g] for g in range(G)] for r in range(R)]
 
         st = Stager(self.levels_per_stage, m, name="tree", reset_less=True)
         sums = self._row_sums(st, fields)
