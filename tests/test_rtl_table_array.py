@@ -16,6 +16,7 @@ import pytest
 from hadahw.rtl.table_array import UP5K_EBR, TableArray
 from hadahw.tables import TABLE_DEPTH, array_tables, table_count, table_image
 from simutil import run_sim
+from tablesim import present_fill
 
 
 # -- table images --------------------------------------------------------------------------------
@@ -81,21 +82,11 @@ def test_latency_follows_the_tree_depth():
 
 # -- gateware ------------------------------------------------------------------------------------
 
-def _slot_bytes(weights, slot):
-    """fill_weights for one row slot, computed from the weight matrix (block t = rg * G + g)."""
-    rows, lanes = weights.shape
-    return [int(sum(int(weights[4 * rg + slot, 8 * g + i]) << i for i in range(8)))
-            for rg in range(rows // 4) for g in range(lanes // 8)]
-
-
 async def _fill(ctx, dut, weights, slots, tick):
     for j in slots:
         while ctx.get(dut.fill_busy):
             await tick()
-        ctx.set(dut.fill_start, 1)
-        ctx.set(dut.fill_row, j)
-        for t, byte in enumerate(_slot_bytes(weights, j)):
-            ctx.set(dut.fill_weights[t], byte)
+        present_fill(ctx, dut, weights, j)
         await tick()
         ctx.set(dut.fill_start, 0)
         busy = 0
@@ -211,10 +202,7 @@ def test_words_during_a_fill_are_exact_outside_its_slot(rows, lanes, slot):
                 seen.append(tuple(ctx.get(dut.acc[r]) for r in range(rows)))
 
         await _fill(ctx, dut, old, range(4), tick)
-        ctx.set(dut.fill_start, 1)
-        ctx.set(dut.fill_row, slot)
-        for t, byte in enumerate(_slot_bytes(new, slot)):
-            ctx.set(dut.fill_weights[t], byte)
+        present_fill(ctx, dut, new, slot)
         await tick()
         ctx.set(dut.fill_start, 0)
         for act in acts:  # one-word accumulations, the first 256 while the slot is written

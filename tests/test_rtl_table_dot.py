@@ -16,6 +16,7 @@ from hadahw.contract import DeltaFormat, Requant, segment_count
 from hadahw.golden import QAct, QLayer, accumulate, check_input, im2col
 from hadahw.rtl.table_dot import TableDot
 from simutil import run_sim
+from tablesim import present_fill
 
 
 def _layer(rng, *, kind, n, k_or_shape, beta_w, beta_a, act_bits, dw_bits, kernel=1, padding=0, stride=1):
@@ -76,12 +77,8 @@ def _run(dut: TableDot, layer, act, rng, *, p_idle=0.3):
         for j in range(4):
             while ctx.get(dut.fill_busy):
                 await tick()
-            ctx.set(dut.fill_start, 1)
-            ctx.set(dut.fill_row, j)
+            present_fill(ctx, dut, w, j)
             for rg in range(rows // 4):
-                for g in range(lanes // 8):
-                    ctx.set(dut.fill_weights[rg * (lanes // 8) + g],
-                            int(sum(int(w[4 * rg + j, 8 * g + i]) << i for i in range(8))))
                 for i in range(dut.seg_w):
                     ctx.set(dut.fill_dw[rg][i], int(dw[4 * rg + j, i]))
             await tick()
