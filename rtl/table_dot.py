@@ -6,6 +6,7 @@ output pixel: sign bits and one delta_a code per ``Ba`` lanes), computes the ``R
 the integer contract (:func:`hadahw.golden.accumulate`):
 
     O_r = sum_i dw[r, i] * sum_{j in i} da_j * (2 * pc[r, j] - Ba)
+        = 2 * sum_i dw[r, i] * sum_{j in i} da_j * (pc[r, j] - Ba / 2)
 
 ``pc[r, j]`` is row ``r``'s popcount(xnor) over activation segment ``j`` (``Ba / 8`` fields of the
 bank), ``i`` runs over the weight segments of ``Bw`` lanes.  The whole reduction is one word
@@ -14,7 +15,7 @@ contribute nothing (as conv zero padding does), and their weights are arbitrary.
 
 This is the dataflow of ``docs/throughput.md`` with the reduction inside the tile: no partial
 sums leave the array, and every cycle finishes ``R`` outputs.  It measures what HadaNet's
-per-segment scaling adds to the table array: ``R * L / Ba`` products ``da * p`` and
+per-segment scaling adds to the table array: ``R * L / Ba`` products ``da * h`` and
 ``R * L / Bw`` products ``dw * v`` per cycle, in logic (the bits of the unsigned code selecting
 shifted copies of the signed operand, summed in one adder tree per row) or in SB_MAC16 blocks.
 
@@ -39,7 +40,7 @@ from amaranth.lib.wiring import In, Out
 from hadahw.contract import signed_bits
 from hadahw.tables import TABLE_LANES, TABLE_ROWS
 
-from .pipeline import Stager, adder_tree, fit, select_terms
+from .pipeline import Stager, adder_tree, fit, select_terms, signed_for
 from .table_array import UP5K_EBR, TableBank, fill_members, forward_fill
 
 __all__ = ["TableDot"]
@@ -128,16 +129,20 @@ class TableDot(wiring.Component):
         groups = [fields[r][j * F:(j + 1) * F] for r in range(R) for j in range(self.seg_a)] + [[d] for d in da]
         sums = adder_tree(st, groups)
         pc, da = sums[:R * self.seg_a], sums[R * self.seg_a:]
-        # p = 2 pc - beta_a (signed), then da * p, summed per weight segment.
-        p = st.step([(pc[k] << 1) - self.beta_a for k in range(len(pc))] + da)
-        p, da = p[:len(pc)], p[len(pc):]
-        terms = self._products(st, [(p[r * self.seg_a + j], da[j]) for r in range(R) for j in range(self.seg_a)])
+        # h = pc - beta_a / 2 = p / 2 (signed; p = 2 pc - beta_a is always even, and a product
+        # with a constant-zero bit made Yosys 0.70's DSP packing fold the whole datapath to
+        # constants), then da * h, summed per weight segment; O is twice the final sum.
+        h = st.step([pc[k] - self.beta_a // 2 for k in range(len(pc))] + da)
+        h, da = h[:len(pc)], h[len(pc):]
+        terms = self._products(st, [(h[r * self.seg_a + j], da[j]) for r in range(R) for j in range(self.seg_a)])
         v = adder_tree(st, [sum((terms[r * self.seg_a + i * per_w + j] for j in range(per_w)), [])
                             for r in range(R) for i in range(self.seg_w)])
-        # O_r = sum_i dw[r, i] * v[r, i]: dw is stationary (it changes only with a fill).
+        # |v| <= da_max * beta_w / 2: the exact width keeps a 16 x 16 product in one SB_MAC16.
+        v = [fit(x, signed_for(((1 << self.act_bits) - 1) * self.beta_w // 2)) for x in v]
+        # O_r = 2 sum_i dw[r, i] * v[r, i]: dw is stationary (it changes only with a fill).
         terms = self._products(st, [(v[r * self.seg_w + i], dw[r][i]) for r in range(R) for i in range(self.seg_w)])
         o = adder_tree(st, [sum(terms[r * self.seg_w:(r + 1) * self.seg_w], []) for r in range(R)])
-        return st.register([fit(x, signed(self.out_bits)) for x in o])
+        return st.register([fit(x << 1, signed(self.out_bits)) for x in o])
 
     def _products(self, st: Stager, pairs) -> list[list]:
         """``x * code`` for each (signed x, unsigned code) pair, as a list of terms to be summed."""
