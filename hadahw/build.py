@@ -483,6 +483,11 @@ def _run_tool(step: str, cmd: list[str], *, cwd: Path, env: dict, log: Path) -> 
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise BuildError(f"{step} failed (exit status {proc.returncode}); log {log}:\n{tail}")
+    if step == "synth":
+        from hadahw.fpga import yosys_netlist_problem
+        problem = yosys_netlist_problem(log.read_text(errors="replace"))
+        if problem:
+            raise BuildError(f"synth produced a netlist that does not implement the design: {problem}; log {log}")
 
 
 def _resources_from_util(util: dict, board: Board, estimate: dict) -> dict:

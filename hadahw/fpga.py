@@ -55,6 +55,7 @@ __all__ = [
     "tool_versions",
     "yosys_cell_count",
     "yosys_command",
+    "yosys_netlist_problem",
 ]
 
 #: nextpnr-ice40 device flags this runner knows (``--up5k`` ...), with the packages to check against.
@@ -84,6 +85,19 @@ RESOURCES = {
 }
 
 _LOG_TAIL_LINES = 30
+
+#: Yosys warnings after which the netlist no longer implements the design (Yosys carried on with
+#: a guess: a net with two drivers "resolved using constant").  Seen with Yosys 0.70's iCE40 DSP
+#: packing of a product whose low bit is constant 0: the whole datapath folded to constants.
+NETLIST_BREAKING_WARNINGS = ("Driver-driver conflict",)
+
+
+def yosys_netlist_problem(log_text: str) -> str | None:
+    """The first line of a Yosys log that says the netlist is not the design (and how many), or None."""
+    hits = [line.strip() for line in log_text.splitlines() if any(w in line for w in NETLIST_BREAKING_WARNINGS)]
+    if not hits:
+        return None
+    return hits[0] + (f" (and {len(hits) - 1} more such warnings)" if len(hits) > 1 else "")
 
 
 class ToolError(RuntimeError):
@@ -530,6 +544,10 @@ def synth_ice40(design_or_verilog: Any, *, top: str, device: str = "up5k", packa
     _progress(progress, f"{top}: yosys synth_ice40{' -dsp' if dsp else ''} ({work / 'yosys.log'})")
     times["yosys"] = _run_step("yosys", [*yosys, "-s", "synth.ys"], cwd=work, log=work / "yosys.log",
                                timeout_s=timeout_s)
+    problem = yosys_netlist_problem((work / "yosys.log").read_text(errors="replace"))
+    if problem:
+        raise ToolError(f"yosys produced a netlist that does not implement the design: {problem}; "
+                        f"log {work / 'yosys.log'}", step="yosys", log=work / "yosys.log")
     yosys_cells: dict[str, int] = {}
     try:
         stat = json.loads((work / "yosys_stat.json").read_text())

@@ -438,6 +438,9 @@ import json, os, sys
 tool, args = sys.argv[1], sys.argv[2:]
 if tool == "yosys":
     print("Yosys 0.0 (fake)") if "-V" in args else None
+    if os.environ.get("FAKE_YOSYS_CONFLICT") and "-V" not in args:
+        print("Warning: Driver-driver conflict for \\dut.p [0] between cell $mul.O and constant 1'0 in top: "
+              "Resolved using constant.")
 elif tool == "nextpnr":
     if "--version" in args:
         print("nextpnr-ice40 -- Next Generation Place and Route (Version fake)")
@@ -470,6 +473,18 @@ def fake_tools(tmp_path, monkeypatch):
 
 
 STUB_ARGV = ["--board", "icebreaker", "--core", "stub", "--clock-mhz", "30", "--json", "--quiet"]
+
+
+def test_a_netlist_yosys_had_to_guess_is_a_tool_failure(tmp_path, capsys, monkeypatch, fake_tools):
+    monkeypatch.setenv("FAKE_FMAX", "1:31")
+    monkeypatch.setenv("FAKE_YOSYS_CONFLICT", "1")
+    code, _, err = run_cli(capsys, *STUB_ARGV, "--out", str(tmp_path / "out"))
+    assert code == B.EXIT_FAILURE
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: synth produced a netlist that does not implement the design: Warning: "
+                           "Driver-driver conflict"), line
+    assert fake_tools() == []                      # nothing was placed
+    assert not (tmp_path / "out" / "hadahw.bin").exists()
 
 
 @pytest.mark.parametrize("fmax, argv, code, seeds", [

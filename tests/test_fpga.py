@@ -9,6 +9,7 @@ larger synthesis is marked slow (``--runslow``).  YoWASP compiles its WebAssembl
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from amaranth.hdl import Module
@@ -112,6 +113,22 @@ def test_tool_commands_from_environment(monkeypatch, tmp_path):
     with pytest.raises(fpga.ToolError, match="not found"):
         fpga.synth_ice40("module t(); endmodule", top="t", workdir=tmp_path / "never-created")
     assert not (tmp_path / "never-created").exists()
+
+
+def test_a_yosys_netlist_with_resolved_driver_conflicts_is_refused(monkeypatch, tmp_path):
+    fake = tmp_path / "fake_yosys.py"
+    fake.write_text("import sys\nprint(\"Warning: Driver-driver conflict for \\\\o [0] between cell $mul.O and "
+                    "constant 1'0 in t: Resolved using constant.\")\n" * 2)
+    monkeypatch.setenv("YOSYS", f"{sys.executable} {fake}")
+    marker = tmp_path / "nextpnr-ran"
+    fake_pnr = tmp_path / "fake_nextpnr.py"
+    fake_pnr.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.setenv("NEXTPNR_ICE40", f"{sys.executable} {fake_pnr}")
+    with pytest.raises(fpga.ToolError, match=r"^yosys produced a netlist that does not implement the design: "
+                                             r"Warning: Driver-driver conflict .* \(and 1 more such warnings\)") as e:
+        fpga.synth_ice40("module t(); endmodule", top="t", workdir=tmp_path / "w")
+    assert e.value.step == "yosys" and not marker.exists()  # nothing was placed
+    assert fpga.yosys_netlist_problem("Warning: Replacing memory with list of registers.\n") is None
 
 
 def test_argument_errors(tmp_path):
