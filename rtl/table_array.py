@@ -53,7 +53,7 @@ __all__ = ["UP5K_EBR", "TableArray", "TableBank", "fill_members", "forward_fill"
 UP5K_EBR = 30
 
 
-def _positive_int(name: str, v, lo: int, hi: int) -> int:
+def _int_in(name: str, v, lo: int, hi: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
         raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {v!r}")
     return v
@@ -176,8 +176,8 @@ class TableArray(wiring.Component):
         try:
             self.bank = TableBank(rows=rows, lanes=lanes, max_tables=max_tables)
             self.bank._MustUse__silence = True  # elaborated by this component (which warns if unused)
-            _positive_int("acc_bits", acc_bits, lanes.bit_length(), 32)
-            _positive_int("levels_per_stage", levels_per_stage, 1, 8)
+            _int_in("acc_bits", acc_bits, lanes.bit_length(), 32)
+            _int_in("levels_per_stage", levels_per_stage, 1, 8)
         except Exception:
             self._MustUse__silence = True  # never built: no "created but never used" warning
             raise

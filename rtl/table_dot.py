@@ -41,17 +41,11 @@ from hadahw.contract import signed_bits
 from hadahw.tables import TABLE_LANES, TABLE_ROWS
 
 from .pipeline import Stager, adder_tree, fit, select_terms, signed_for
-from .table_array import UP5K_EBR, TableBank, fill_members, forward_fill
+from .table_array import UP5K_EBR, TableBank, _int_in, fill_members, forward_fill
 
 __all__ = ["TableDot"]
 
 _SCALINGS = ("logic", "dsp")
-
-
-def _int_in(name: str, v, lo: int, hi: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {v!r}")
-    return v
 
 
 class TableDot(wiring.Component):
