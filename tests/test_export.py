@@ -8,9 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from amaranth.back import verilog
 
 from hadahw.params import AcceleratorConfig
 from hadahw.rtl import export
+from hadahw.rtl.table_array import TableArray
+from hadahw.rtl.table_dot import TableDot
 from hadahw.sim.runner import VERILATOR_WAIVED_WARNINGS
 from hadahw.sim.toolchain import simulator_available
 
@@ -161,3 +164,16 @@ def test_core_exports_and_lints_clean(tmp_path, capsys):
     proc = run_main(capsys, "--top", "core", "-o", str(tmp_path / "core.v"), "--lint")
     assert proc.returncode == 0, proc.stderr
     assert "module hadacore(" in (tmp_path / "core.v").read_text()
+
+
+@needs_verilator
+@pytest.mark.parametrize("make", [
+    lambda: TableArray(rows=8, lanes=24),
+    lambda: TableDot(rows=4, lanes=64, beta_w=32, beta_a=16),
+    lambda: TableDot(rows=4, lanes=64, beta_w=64, beta_a=64, scaling="dsp"),
+], ids=["table-array", "table-dot-logic", "table-dot-dsp"])
+def test_lookup_table_arrays_lint_clean(tmp_path, make):
+    path = tmp_path / "arr.v"
+    path.write_text(verilog.convert(make(), name="arr", emit_src=False))
+    res = export.lint_verilog(path, top="arr")
+    assert res.returncode == 0 and res.warnings == [], res.warnings[:5]
