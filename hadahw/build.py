@@ -69,8 +69,10 @@ __all__ = [
     "EXIT_USAGE",
     "ResourceModel",
     "UsageError",
+    "achieved_mhz",
     "auto_size",
     "build",
+    "build_options",
     "fit_check",
     "main",
     "source_hash",
@@ -968,7 +970,9 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         base = build_config(extra, **kwargs)
     except (ValueError, TypeError) as e:
         msg = str(e).splitlines()[0]
-        if "weight_delta" in msg or "delta bits" in msg or "delta kind" in msg:
+        if msg.startswith("unknown accelerator configuration keys"):  # (its list of known keys names weight_delta)
+            msg = f"--set: {msg}"
+        elif "weight_delta" in msg or "delta bits" in msg or "delta kind" in msg:
             msg = f"--weight-delta: {msg} (e.g. fixed8, log2-4)"
         raise UsageError(msg) from None
 
@@ -1023,6 +1027,11 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
                         skip_fit_check=args.skip_fit_check, auto_sized=auto, progress=not args.quiet)
 
 
+def build_options(*argv: str) -> BuildOptions:
+    """The validated options of ``python -m hadahw.build ARGV`` (UsageError / DoesNotFit as the command)."""
+    return options_from_args(_parser().parse_args(list(argv)))
+
+
 def board_build_config(*argv: str) -> AcceleratorConfig:
     """The configuration ``python -m hadahw.build ARGV`` would build (board defaults, automatic size).
 
@@ -1030,7 +1039,7 @@ def board_build_config(*argv: str) -> AcceleratorConfig:
     to run on exactly what the default board build holds.  Raises UsageError / DoesNotFit as the
     command does.
     """
-    return options_from_args(_parser().parse_args(list(argv))).config
+    return build_options(*argv).config
 
 
 def network_board_config(layers, board: str = DEFAULT_BOARD) -> AcceleratorConfig:
@@ -1047,7 +1056,8 @@ def network_board_config(layers, board: str = DEFAULT_BOARD) -> AcceleratorConfi
     return dataclasses.replace(base, weight_delta=ref.weight_format, act_bits=ref.act_bits)
 
 
-def _achieved_mhz(opts: BuildOptions) -> float:
+def achieved_mhz(opts: BuildOptions) -> float:
+    """The system clock the build makes for ``opts`` (the board clock, or the PLL's nearest)."""
     from hadahw.rtl.top import pll_params
     if abs(opts.clock_mhz - opts.board.clock_mhz) < 1e-9:
         return opts.board.clock_mhz
@@ -1095,7 +1105,7 @@ def main(argv: list[str] | None = None) -> int:
     wd = cfg.weight_delta
     prog.note(f"{opts.board.name}: {cfg.rows} rows x {cfg.lanes} lanes{' (automatic)' if opts.auto_sized else ''}, "
               f"beta_w={cfg.beta_w} beta_a={cfg.beta_a}, delta_w {wd.kind}{wd.bits}, scaling {cfg.scaling}, "
-              f"core {opts.core}" + (f", {_achieved_mhz(opts):.6g} MHz (requested {opts.clock_mhz:g}), {opts.baud} baud"
+              f"core {opts.core}" + (f", {achieved_mhz(opts):.6g} MHz (requested {opts.clock_mhz:g}), {opts.baud} baud"
                                      if opts.board.is_fpga else ""))
     if opts.core == "stub":
         prog.note("WARNING: --core stub: the bitstream has a memory stand-in, NOT the accelerator core")

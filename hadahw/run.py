@@ -56,8 +56,8 @@ from hadahw.params import AcceleratorConfig
 from hadahw.params import load_config as params_load_config
 from hadahw.train import _int_arg  # the same integer flag parser as the training CLI
 
-__all__ = ["RunReport", "default_config", "board_figures", "run_checkpoint", "main", "EXIT_OK", "EXIT_MISMATCH",
-           "EXIT_USAGE", "EXIT_DEVICE", "UART_BITS_PER_BYTE"]
+__all__ = ["RunReport", "default_config", "board_figures", "board_model", "TrafficMeter", "run_checkpoint", "main",
+           "EXIT_OK", "EXIT_MISMATCH", "EXIT_USAGE", "EXIT_DEVICE", "UART_BITS_PER_BYTE"]
 
 EXIT_OK = 0
 EXIT_MISMATCH = 1
@@ -270,7 +270,7 @@ def board_figures(cfg: AcceleratorConfig, config_path: str | None = None, baud: 
     return {"source": source, "resources": res, "clock_mhz": clock, "pll": pll, "baud": int(baud)}
 
 
-def _board_model(hw: dict, cycles: float, sent: float, received: float) -> tuple[dict, dict | None, str]:
+def board_model(hw: dict, cycles: float, sent: float, received: float) -> tuple[dict, dict | None, str]:
     """``(latency_s, energy_uj or None, note)`` per inference for :func:`board_figures` ``hw``."""
     from hadahw.energy import UP5K_LC, estimate_energy
     compute = cycles / (hw["clock_mhz"] * 1e6)
@@ -291,7 +291,7 @@ def _board_model(hw: dict, cycles: float, sent: float, received: float) -> tuple
     return latency, uj, ""
 
 
-class _TrafficMeter:
+class TrafficMeter:
     """Bytes on the wire per request of a Link, by command (wraps the instance's ``transact``).
 
     :meth:`inference` gives the bytes of the requests since :meth:`start` as they would be on a
@@ -474,7 +474,7 @@ def run(args: argparse.Namespace, config: AcceleratorConfig | None = None) -> Ru
         acc.load(hyb.program, progress=sys.stderr.isatty())
         cycles, transfer, compute, host, wire = [], [], [], [], []
         hw = np.zeros_like(golden)
-        meter = _TrafficMeter(link)
+        meter = TrafficMeter(link)
 
         def device(act):
             meter.start()
@@ -496,7 +496,7 @@ def run(args: argparse.Namespace, config: AcceleratorConfig | None = None) -> Ru
     gold_pred = golden.argmax(1)
     board = board_figures(cfg, args.config, args.baud)
     sent, received = (float(v) for v in np.mean(wire, axis=0))
-    latency, energy, note = _board_model(board, float(np.mean(cycles)), sent, received)
+    latency, energy, note = board_model(board, float(np.mean(cycles)), sent, received)
     return RunReport(
         model=meta.get("model", "?"), variant=meta.get("variant", "?"), checkpoint=str(args.model),
         target="sim" if args.sim else "port", device=device_name, config=cfg.to_dict(), seed=args.seed,

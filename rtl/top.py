@@ -43,6 +43,7 @@ __all__ = [
     "BoardTop",
     "CORES",
     "CoreUnavailable",
+    "LINK_MAX_PAYLOAD",
     "PLLParams",
     "STUB_SPACE_SIZES",
     "UARTSystem",
@@ -58,6 +59,10 @@ BAUD_TOLERANCE = 0.02
 #: ``"real"``: :class:`~hadahw.rtl.core.HadaCore`; ``"stub"``: a
 #: :class:`~hadahw.rtl.hostbus.ByteMemoryTarget` stand-in (link bring-up only; it computes nothing).
 CORES = ("real", "stub")
+
+#: The board system's HostLink receive buffer and longest READ_MEM (IDENTIFY reports it): with 256
+#: its reply memory is one EBR.
+LINK_MAX_PAYLOAD = 256
 
 #: Space sizes of the stub target (small enough for the UP5K's EBR beside the link).
 STUB_SPACE_SIZES = {Space.WEIGHTS: 2048, Space.ACTS: 2048, Space.DESC: 512}
@@ -233,7 +238,7 @@ class UARTSystem(wiring.Component):
     """
 
     def __init__(self, config: AcceleratorConfig, *, divisor: int, core: str = "real", fifo_depth: int = 32,
-                 max_payload: int = 256):
+                 max_payload: int = LINK_MAX_PAYLOAD):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {type(config).__name__}")
         if isinstance(fifo_depth, bool) or not isinstance(fifo_depth, int) or fifo_depth < 2:

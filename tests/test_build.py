@@ -23,6 +23,8 @@ from hadahw.protocol import Command, decode_frame, encode_frame, unpack_identify
 from hadahw.rtl.top import (BoardTop, UARTSystem, config_json, pll_params, uart_divisor)
 from hadahw.rtl.uart import UARTRx, UARTTx
 
+from faketools import fake_tools  # noqa: F401  (fixture)
+
 #: Memory sizes small enough for fast elaboration and synthesis (not a useful accelerator).
 TINY_SET = ["--set", "weight_depth=16", "--set", "act_depth=16", "--set", "param_depth=16", "--set", "desc_bytes=64",
             "--set", "max_channels=8", "--set", "max_pool_width=4", "--set", "max_reduction=64"]
@@ -66,7 +68,7 @@ def run_cli(capsys, *argv):
     (["--core", "fake"], "--core"),
     (["--set", "nonsense"], "--set"),
     (["--set", "rows=4"], "--set rows"),
-    (["--set", "colour=4"], "colour"),
+    (["--set", "colour=4"], "--set: unknown accelerator configuration keys ['colour']"),
     (["--board", "asic", "--program"], "--program"),
     (["--beta", "sixteen"], "--beta"),
     (["--frobnicate"], "--frobnicate"),
@@ -432,45 +434,6 @@ def test_network_board_config_takes_the_first_binarized_layers_formats(beta_w, b
 
 # ---------------------------------------------------------------------------------------------
 # Placer seeds: the whole flow against stand-in tools whose Fmax depends on the seed
-
-FAKE_TOOL = r'''
-import json, os, sys
-tool, args = sys.argv[1], sys.argv[2:]
-if tool == "yosys":
-    print("Yosys 0.0 (fake)") if "-V" in args else None
-    if os.environ.get("FAKE_YOSYS_CONFLICT") and "-V" not in args:
-        print("Warning: Driver-driver conflict for \\dut.p [0] between cell $mul.O and constant 1'0 in top: "
-              "Resolved using constant.")
-elif tool == "nextpnr":
-    if "--version" in args:
-        print("nextpnr-ice40 -- Next Generation Place and Route (Version fake)")
-        sys.exit(0)
-    seed = int(args[args.index("--seed") + 1])
-    with open(os.environ["FAKE_PNR_LOG"], "a") as f:
-        f.write(f"{seed}\n")
-    fmax = dict(kv.split(":") for kv in os.environ["FAKE_FMAX"].split(","))[str(seed)]
-    report = {"fmax": {"clk$SB_IO_IN_$glb_clk": {"achieved": float(fmax), "constraint": 30.0}},
-              "utilization": {"ICESTORM_LC": {"used": 1000 + seed, "available": 5280}}}
-    with open(args[args.index("--report") + 1], "w") as f:
-        json.dump(report, f)
-    with open(args[args.index("--asc") + 1], "w") as f:
-        f.write(f"seed {seed}\n")
-elif tool == "icepack":
-    with open(args[1], "wb") as f:
-        f.write(open(args[0], "rb").read())
-'''
-
-
-@pytest.fixture
-def fake_tools(tmp_path, monkeypatch):
-    script = tmp_path / "fake_tool.py"
-    script.write_text(FAKE_TOOL)
-    for var, name in (("YOSYS", "yosys"), ("NEXTPNR_ICE40", "nextpnr"), ("ICEPACK", "icepack")):
-        monkeypatch.setenv(var, f"{sys.executable} {script} {name}")
-    log = tmp_path / "pnr_seeds.txt"
-    monkeypatch.setenv("FAKE_PNR_LOG", str(log))
-    return lambda: [int(s) for s in log.read_text().split()] if log.exists() else []
-
 
 STUB_ARGV = ["--board", "icebreaker", "--core", "stub", "--clock-mhz", "30", "--json", "--quiet"]
 
