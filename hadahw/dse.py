@@ -25,8 +25,8 @@ installed and share ``--out``'s file system.  Builds are cached per point (the b
 so a repeated sweep only builds what changed.
 
 Outputs (``--out``, default ``dse/``): ``dse.json`` (every figure, with how it was obtained),
-``dse.md`` (a table, the Pareto front of peak GOPS against logic cells marked) and, with
-``--plot``, ``dse.png``.  Exit status: 0 done; 1 a synthesis failed (the reports are still
+``dse.md`` (a table, the Pareto front of peak GOPS against logic cells marked), with ``--plot``
+``dse.png``, and with ``--synth`` the builds under ``builds/``.  Exit status: 0 done; 1 a synthesis failed (the reports are still
 written, the point marked); 2 bad arguments (one ``error: ...`` line naming the parameter).
 """
 
@@ -239,6 +239,8 @@ def synth_points(rows: list[dict], board: str, baud: int, sets: Sequence[str], o
                                      disable=not bar), 1):
             row = futures[fut]
             row["synth"] = s = fut.result()
+            if "report" in s:
+                s["report"] = os.path.relpath(s["report"], out)  # relative to the output folder
             if progress and not bar:  # a line per build in logs
                 what = (f"{s['resources']['lc']} LC, {s['fmax_mhz']:.1f} MHz" if s["status"] == "built"
                         else s["reason"])
