@@ -146,11 +146,12 @@ def decode_txn(phase: str, req: bytes, rep: bytes) -> Txn:
         raise RuntimeError(f"{cmd.name}: unexpected reply code 0x{f_rep.code:02X} seq {f_rep.seq}")
     space, payload = None, len(f_req.payload)
     if cmd == Command.WRITE_MEM:
-        sp, _, data = unpack_write_mem(f_req.payload)
-        space, payload = sp.name, len(data)
+        w = unpack_write_mem(f_req.payload)
+        space, payload = w.space.name + (" compact" if w.compact else ""), len(w.data)
     elif cmd == Command.READ_MEM:
-        sp, _, length = unpack_read_mem(f_req.payload)
-        space, payload = sp.name, length
+        r = unpack_read_mem(f_req.payload)
+        # a compact read's payload is what it returns (the used bytes of each entry)
+        space, payload = r.space.name + (" compact" if r.compact else ""), len(f_rep.payload)
     return Txn(phase, cmd.name, space, payload, len(req), len(rep), len(f_rep.payload))
 
 
@@ -176,23 +177,29 @@ def device_params(cfg) -> dict:
     from hadahw.program import MemoryMap
     from hadahw.rtl.top import UARTSystem, config_json
     max_payload = inspect.signature(UARTSystem.__init__).parameters["max_payload"].default
-    sizes = {Space(s): int(v) for s, v in MemoryMap(cfg).space_sizes.items()}
-    return {"sizes": sizes, "max_payload": int(max_payload), "config": config_json(cfg).decode()}
+    mm = MemoryMap(cfg)
+    sizes = {Space(s): int(v) for s, v in mm.space_sizes.items()}
+    return {"sizes": sizes, "max_payload": int(max_payload), "config": config_json(cfg).decode(),
+            "compact": dict(mm.compact_spaces)}
 
 
 def make_devmodel(dev: dict, **kw):
     from hadahw.sw.devmodel import DevModel
-    return DevModel(sizes=dev["sizes"], max_payload=dev["max_payload"], config=dev["config"], **kw)
+    return DevModel(sizes=dev["sizes"], max_payload=dev["max_payload"], config=dev["config"], compact=dev["compact"],
+                    **kw)
 
 
 # ---------------------------------------------------------------------------------------------
 # The transaction sweep (run against the DevModel and the simulated board alike)
 
 
-def sweep(link, pipe: CountingPipe, chunk: int, read_max: int, *, seed: int = 0, repeats: int = 2) -> None:
+def sweep(link, pipe: CountingPipe, chunk: int, read_max: int, *, entry=None, seed: int = 0,
+          repeats: int = 2) -> None:
     """WRITE_MEM (random data) and READ_MEM at each sweep size to WEIGHTS and ACTS, then STATUS.
 
-    ``chunk``: the largest WRITE_MEM data per frame; ``read_max``: the largest READ_MEM.
+    ``chunk``: the largest WRITE_MEM data per frame; ``read_max``: the largest READ_MEM.  With
+    ``entry`` (ACTS's compact layout), also compact transfers of 1, 4, 16 and the most entries a
+    frame holds.
     """
     rng = np.random.default_rng(seed)
     pipe.phase = "sweep"
@@ -203,6 +210,14 @@ def sweep(link, pipe: CountingPipe, chunk: int, read_max: int, *, seed: int = 0,
         for n in sorted({*SWEEP_SIZES, read_max}):
             for _ in range(repeats):
                 link.read_mem(space, 0, n)
+    if entry is not None:
+        used, stride = entry
+        for k in sorted({1, 4, 16, chunk // used}):
+            for _ in range(repeats):
+                link.write_mem(Space.ACTS, 0, rng.integers(0, 256, k * used, dtype=np.uint8).tobytes(), entry=entry)
+        for k in sorted({1, 4, 16, read_max // stride}):
+            for _ in range(repeats):
+                link.read_mem(Space.ACTS, 0, k * stride, entry=entry)
     for _ in range(repeats):
         link.status()
 
@@ -218,7 +233,7 @@ def protocol_efficiency(dev: dict) -> dict:
     pipe.phase = "connect"
     info = link.connect()
     chunk = link.max_payload - WRITE_HEADER_BYTES
-    sweep(link, pipe, chunk, link.max_payload)
+    sweep(link, pipe, chunk, link.max_payload, entry=dev["compact"].get(Space.ACTS))
     # Extremes of COBS: data without zero bytes (one code byte per 254) and all zeros.  A WRITE_MEM
     # frame of this device never holds 254 bytes without a zero (its header and address fields hold
     # one, and data + CRC are at most 253 bytes); a 256-byte READ_MEM reply can.
@@ -304,7 +319,7 @@ def simulate(cfg, dev: dict, divisor: int, nets: dict, inferences: int, workdir:
             if acc.info.max_payload != dev["max_payload"]:
                 raise RuntimeError(f"device max_payload {acc.info.max_payload} != {dev['max_payload']}")
             chunk = link.max_payload - WRITE_HEADER_BYTES
-            sweep(link, pipe, chunk, link.max_payload)
+            sweep(link, pipe, chunk, link.max_payload, entry=dev["compact"].get(Space.ACTS))
             log(f"divisor {divisor}: sweep done ({time.perf_counter() - t0:.1f} s)")
             for name, nd in nets.items():
                 net = nd["net"]
@@ -729,7 +744,7 @@ def _merged(rows) -> list[str]:
     out = []
     for (cmd, order, cells, extra), spaces in sorted(groups.items(), key=lambda kv: (rank.get(kv[0][0], 9),
                                                                                      kv[0][1], kv[1])):
-        name = cmd + (" " + "/".join(sorted(spaces, key=lambda x: Space[x])) if spaces else "")
+        name = cmd + (" " + "/".join(sorted(spaces, key=lambda x: (Space[x.split()[0]], x))) if spaces else "")
         out.append(f"| {name} | " + " | ".join((*cells, *extra)) + " |")
     return out
 
@@ -909,7 +924,9 @@ def render_md(r: dict) -> str:
                  f"Input {run['input_bytes']} B, output {run['output_bytes']} B "
                  f"({run['output_values']} values of {run['output_value_bytes']} B = "
                  f"{run['output_values'] * run['output_value_bytes']} B, each value in {run['entries_per_output']} "
-                 f"activation entries of {run['act_entry_bytes']} B at a {run['act_stride']}-byte stride). "
+                 f"activation entries of {run['act_entry_bytes']} B at a {run['act_stride']}-byte stride; "
+                 + (f"both move as compact transfers, {run['act_entry_bytes']} of every {run['act_stride']} bytes). "
+                    if run['act_entry_bytes'] < run['act_stride'] else "no holes). ") +
                  f"Compute: predicted {run['predicted_cycles']} cycles (`predict_cycles`), STATUS "
                  f"reported {sorted(set(run['status_cycles']))}, busy high "
                  f"{sorted(set(m['per_divisor'][0]['busy_cycles_all']))} cycles.")
@@ -980,7 +997,7 @@ def fit_turnaround(an: dict) -> dict:
     """Least-squares ``turnaround = a + b * payload`` per (WRITE_MEM|READ_MEM, space) over the sweep."""
     fits = {}
     for cmd in ("WRITE_MEM", "READ_MEM"):
-        for space in ("WEIGHTS", "ACTS"):
+        for space in ("WEIGHTS", "ACTS", "ACTS compact"):
             pts = [(t["payload"], t["turnaround"]) for t in an["transactions"]
                    if t["phase"] == "sweep" and t["cmd"] == cmd and t["space"] == space]
             if len({p for p, _ in pts}) < 2:
@@ -1133,8 +1150,8 @@ def main(argv=None) -> int:
         "Not included: `Accelerator.infer` sleeps `poll_interval` (1 ms by default) between STATUS polls; the "
         "link-bound wait assumes back-to-back polls.",
         "Wire bytes per inference follow from the program's buffers: the whole input buffer is written and the "
-        "whole output buffer read (stride padding included); a buffer just over the WRITE_MEM chunk costs one "
-        "more (short) transaction.",
+        "whole output buffer read, as compact transfers (protocol 1.1: the used bytes of each activation entry, "
+        "not the stride's holes); a buffer just over a frame's worth costs one more (short) transaction.",
     ]
     report = {
         "date": date, "machine": machine, "versions": versions(), "wall_s": time.perf_counter() - t_start,

@@ -135,26 +135,34 @@ def lowered_network(name: str, beta_w: int, beta_a: int) -> list:
 def inference_wire_bytes(program, config) -> tuple[int, int]:
     """``(host -> device, device -> host)`` wire bytes of one inference of ``program``.
 
-    The driver's requests (WRITE_MEM input, RUN, the STATUS that sees the run finished, READ_MEM
-    output) through the real :class:`~hadahw.sw.link.Link` against the device model with the
-    board's receive buffer; input bytes are zeros (random data adds at most one byte per 254).
+    The real driver (:class:`~hadahw.sw.accelerator.Accelerator`: WRITE_MEM input, RUN, STATUS
+    until done, READ_MEM output) against the device model with the board's receive buffer and
+    entry layouts, counted as on a board (the STATUS that saw the run finished, not the polls
+    before it); the input is all +1 with delta 0 (other data adds at most one byte per 254).
     """
-    from hadahw.protocol import Space
+    import numpy as np
+
+    from hadahw.contract import segment_count
+    from hadahw.golden import QAct
     from hadahw.rtl.top import LINK_MAX_PAYLOAD
     from hadahw.run import TrafficMeter
+    from hadahw.sw.accelerator import Accelerator
     from hadahw.sw.devmodel import DevModel, DevModelPipe
     from hadahw.sw.link import Link
 
-    model = DevModel(sizes=program.memory_map.space_sizes, max_payload=LINK_MAX_PAYLOAD, config=config.to_dict(),
-                     run_polls=1)
+    mm = program.memory_map
+    model = DevModel(sizes=mm.space_sizes, max_payload=LINK_MAX_PAYLOAD, config=config.to_dict(), run_polls=1,
+                     compact=mm.compact_spaces)
     link = Link(DevModelPipe(model))
-    link.connect()
+    acc = Accelerator(link, expect_config=config)
+    acc.load(program)
+    first = program.layers[0]
+    shape = tuple(first.in_shape)
+    act = QAct(signs=np.ones(shape, bool), delta=np.zeros(shape[:-1] + (segment_count(shape[-1], first.beta_a),),
+                                                          np.int64), beta_a=first.beta_a, bits=first.act_bits)
     meter = TrafficMeter(link)
     meter.start()
-    link.write_mem(Space.ACTS, program.input_addr, bytes(program.input_length))
-    link.run(program.desc_addr)
-    link.wait_idle()
-    link.read_mem(Space.ACTS, program.output_addr, program.output_length)
+    acc.infer(act)
     return meter.inference()
 
 

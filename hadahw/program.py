@@ -298,6 +298,10 @@ class MemoryMap:
         Activation entries per final-layer value: ``ceil(output_value_bytes / act_entry_bytes)``.
     space_sizes : dict
         Bytes of each :class:`~hadahw.protocol.Space` (what the core's host bus decodes).
+    compact_spaces : dict
+        ``{Space.ACTS: (act_entry_bytes, act_stride)}`` when activation entries leave holes in
+        their stride (else empty): the device answers compact reads of ``ACTS``
+        (:data:`hadahw.protocol.COMPACT`), which skip the holes.
     """
 
     def __init__(self, config: AcceleratorConfig):
@@ -321,6 +325,8 @@ class MemoryMap:
             Space.ACTS: c.act_depth * self.act_stride,
             Space.DESC: c.desc_bytes,
         }
+        self.compact_spaces = ({Space.ACTS: (self.act_entry_bytes, self.act_stride)}
+                               if self.act_entry_bytes < self.act_stride else {})
 
     def final_spacing(self, saturate_bits: int | None) -> int:
         """Activation entries per value of a final layer saturating to ``saturate_bits`` (None: none).

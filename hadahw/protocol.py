@@ -63,6 +63,19 @@ Payloads
     NAK (response 0xFF)  --                                          status u8, received code u8
     ===================  ==========================================  ===========================
 
+Compact transfers (protocol 1.1): bit 7 of the space byte of READ_MEM and WRITE_MEM
+(:data:`COMPACT`) transfers the used bytes only, in a space whose memory holds entries of ``E``
+bytes at a power-of-two stride of ``S > E`` bytes.  The device's configuration defines which spaces
+have such a layout (the accelerator's ``ACTS``: :class:`hadahw.program.MemoryMap`'s
+``act_entry_bytes`` and ``act_stride``).  Addresses and the READ_MEM length stay in the space's
+bytes.  A compact READ_MEM needs address and length that are multiples of ``S`` (else BAD_ALIGN;
+``length <= max_payload`` as always) and returns the first ``E`` bytes of each of the ``length /
+S`` entries.  A compact WRITE_MEM needs an address that is a multiple of ``S`` (BAD_ALIGN); its
+``N`` data bytes fill the first ``E`` bytes of consecutive entries (the last one may be partly
+written; the holes are not touched), which must lie in the space: ``address / S + ceil(N / E)``
+entries at most (else BAD_ADDRESS); the ACK echoes the space byte with its flag.  A device
+answers a compact transfer of a space without a layout with BAD_SPACE; a 1.0 device knows none.
+
 IDENTIFY ACK (``12 + 4*n_spaces + C`` bytes)::
 
     magic b"HADA" (4) | version_major u8 | version_minor u8 | max_payload u16 | align u8 |
@@ -118,6 +131,7 @@ __all__ = [
     "NAK_CODE",
     "FLAG_BUSY",
     "FLAG_DONE",
+    "COMPACT",
     "WRITE_HEADER_BYTES",
     "Command",
     "Space",
@@ -151,6 +165,11 @@ __all__ = [
     "unpack_write_ack",
     "pack_read_mem",
     "unpack_read_mem",
+    "ReadRequest",
+    "WriteRequest",
+    "WriteAck",
+    "compact_length",
+    "check_entry_layout",
     "pack_run",
     "unpack_run",
     "pack_nak",
@@ -166,7 +185,9 @@ __all__ = [
 # Constants and enums
 
 #: (major, minor).  A host accepts any device with the same major version.
-PROTOCOL_VERSION = (1, 0)
+PROTOCOL_VERSION = (1, 1)
+#: Flag in the space byte of READ_MEM / WRITE_MEM: a compact transfer (protocol 1.1, see the module doc).
+COMPACT = 0x80
 #: First four bytes of an IDENTIFY response.
 MAGIC = b"HADA"
 #: Upper bound of the ``length`` field for every device; a device may accept less (IDENTIFY).
@@ -567,48 +588,95 @@ def check_empty(what: str, payload: bytes) -> None:
     _expect_size(what, payload, 0)
 
 
-def pack_write_mem(space, address: int, data: bytes) -> bytes:
+class WriteRequest(NamedTuple):
+    """A WRITE_MEM request: ``compact`` writes the used bytes of consecutive entries."""
+
+    space: Space
+    address: int
+    data: bytes
+    compact: bool = False
+
+
+class WriteAck(NamedTuple):
+    """A WRITE_MEM ACK: the request's space, address and data length, echoed."""
+
+    space: Space
+    address: int
+    length: int
+    compact: bool = False
+
+
+def _space_byte(value, compact: bool) -> int:
+    return _space(value) | (COMPACT if compact else 0)
+
+
+def pack_write_mem(space, address: int, data: bytes, *, compact: bool = False) -> bytes:
     """WRITE_MEM request payload."""
     data = bytes(data)
     if not data:
         raise PayloadError("data must not be empty")
-    return _WRITE_HDR.pack(_space(space), _u32("address", address)) + data
+    return _WRITE_HDR.pack(_space_byte(space, compact), _u32("address", address)) + data
 
 
-def unpack_write_mem(payload: bytes) -> tuple[Space, int, bytes]:
-    """``(space, address, data)`` of a WRITE_MEM request."""
+def unpack_write_mem(payload: bytes) -> WriteRequest:
+    """The :class:`WriteRequest` of a WRITE_MEM payload."""
     if len(payload) <= WRITE_HEADER_BYTES:
         raise PayloadError(f"WRITE_MEM payload must be longer than {WRITE_HEADER_BYTES} bytes, not {len(payload)}")
     space, address = _WRITE_HDR.unpack_from(payload)
-    return _space(space), address, bytes(payload[WRITE_HEADER_BYTES:])
+    return WriteRequest(_space(space & ~COMPACT), address, bytes(payload[WRITE_HEADER_BYTES:]), bool(space & COMPACT))
 
 
-def pack_write_ack(space, address: int, length: int) -> bytes:
-    return _WRITE_ACK.pack(_space(space), _u32("address", address), length)
+def pack_write_ack(space, address: int, length: int, *, compact: bool = False) -> bytes:
+    return _WRITE_ACK.pack(_space_byte(space, compact), _u32("address", address), length)
 
 
-def unpack_write_ack(payload: bytes) -> tuple[Space, int, int]:
+def unpack_write_ack(payload: bytes) -> WriteAck:
     _expect_size("WRITE_MEM ACK", payload, _WRITE_ACK.size)
     space, address, length = _WRITE_ACK.unpack(payload)
-    return _space(space), address, length
+    return WriteAck(_space(space & ~COMPACT), address, length, bool(space & COMPACT))
 
 
-def pack_read_mem(space, address: int, length: int) -> bytes:
+class ReadRequest(NamedTuple):
+    """A READ_MEM request: ``compact`` asks for the used bytes of each entry only."""
+
+    space: Space
+    address: int
+    length: int
+    compact: bool = False
+
+
+def pack_read_mem(space, address: int, length: int, *, compact: bool = False) -> bytes:
     """READ_MEM request payload."""
     length = operator.index(length)
     if not 1 <= length <= 0xFFFF:
         raise PayloadError(f"length must be in [1, 65535], not {length}")
-    return _READ_REQ.pack(_space(space), _u32("address", address), length)
+    return _READ_REQ.pack(_space_byte(space, compact), _u32("address", address), length)
 
 
-def unpack_read_mem(payload: bytes) -> tuple[Space, int, int]:
-    """``(space, address, length)`` of a READ_MEM request."""
+def unpack_read_mem(payload: bytes) -> ReadRequest:
+    """The :class:`ReadRequest` of a READ_MEM payload."""
     _expect_size("READ_MEM", payload, _READ_REQ.size)
     space, address, length = _READ_REQ.unpack(payload)
-    space = _space(space)
+    compact = bool(space & COMPACT)
+    space = _space(space & ~COMPACT)
     if length == 0:
         raise PayloadError("READ_MEM length must not be 0")
-    return space, address, length
+    return ReadRequest(space, address, length, compact)
+
+
+def check_entry_layout(entry_bytes, stride) -> tuple[int, int]:
+    """``(entry_bytes, stride)`` of a space that answers compact reads, validated: a power-of-two
+    ``stride`` greater than ``entry_bytes >= 1``."""
+    entry_bytes, stride = operator.index(entry_bytes), operator.index(stride)
+    if stride < 2 or stride & (stride - 1) or not 1 <= entry_bytes < stride:
+        raise ValueError(f"a compact entry layout needs a power-of-two stride above entry_bytes >= 1, not "
+                         f"entry_bytes={entry_bytes}, stride={stride}")
+    return entry_bytes, stride
+
+
+def compact_length(length: int, entry_bytes: int, stride: int) -> int:
+    """Bytes a compact read of ``length`` bytes (a multiple of ``stride``) returns."""
+    return length // stride * entry_bytes
 
 
 def pack_run(address: int) -> bytes:

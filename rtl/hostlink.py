@@ -15,7 +15,9 @@ Transmit path: every reply is produced once, byte by byte (header, payload, CRC)
 :class:`~hadahw.rtl.cobs.CobsWriter` that COBS-encodes it in place into the reply memory, both
 delimiters included; sending is then a plain walk through that memory up to the trailing
 ``0x00``.  Payload bytes come from registers (NAK status, the echoed WRITE_MEM length, STATUS),
-from the host bus (READ_MEM: one request at a time, straight into the writer) or from the receive
+from the host bus (READ_MEM: one request at a time, straight into the writer; a compact read of
+the space given by ``compact`` steps from an entry's last used byte to the next entry, as a
+compact write does, and its reply length is ``length / stride * entry_bytes``) or from the receive
 buffer's memory: the request's own bytes (a NAK's received code, the echoed WRITE_MEM space and
 address) and the IDENTIFY payload, which is stored after the buffer as initial contents.  The
 reply's CRC is computed by the receiver's CRC register (the receiver is waiting then); its two
@@ -64,6 +66,7 @@ from hadahw.protocol import (
     DeviceInfo,
     Space,
     Status,
+    check_entry_layout,
     cobs_max_len,
     pack_identify,
 )
@@ -110,6 +113,16 @@ def _crc16_next(crc, data):
     return Cat(*(xor(t) for t in state))
 
 
+def _times_const(value, c: int):
+    """``value * c`` for a small constant ``c`` as a sum of shifted copies (no ``$mul`` that
+    ``synth_ice40 -dsp`` would put in an SB_MAC16)."""
+    terms = [value << k for k in range(c.bit_length()) if c >> k & 1]
+    out = terms[0]
+    for t in terms[1:]:
+        out = out + t
+    return out
+
+
 def _gt_const(value, c: int):
     """``value > c`` for a constant ``c``; an OR of bit ranges when ``c`` is a power of two."""
     if c >= (1 << len(value)) - 1:
@@ -139,6 +152,11 @@ class HostLink(wiring.Component):
         Power of two dividing every WRITE_MEM/READ_MEM address and length.
     addr_width : int, optional
         Bus address width (default: enough for the largest space).
+    compact : mapping of Space to (entry_bytes, stride), optional
+        At most one space that takes compact transfers (:data:`~hadahw.protocol.COMPACT`): its
+        memory holds ``entry_bytes`` per power-of-two ``stride``, and a compact READ_MEM /
+        WRITE_MEM moves the first ``entry_bytes`` of each entry only
+        (``hadahw.program.MemoryMap.compact_spaces``).
 
     Members
     -------
@@ -159,7 +177,7 @@ class HostLink(wiring.Component):
     """
 
     def __init__(self, *, max_payload: int = 256, space_sizes, config_json: bytes = b"{}", align: int = 1,
-                 addr_width: int | None = None):
+                 addr_width: int | None = None, compact=None):
         if not isinstance(config_json, (bytes, bytearray)):
             raise TypeError(f"config_json must be bytes, not {type(config_json).__name__}")
         try:
@@ -169,6 +187,9 @@ class HostLink(wiring.Component):
         for name, v in (("max_payload", max_payload), ("align", align)):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{name} must be an integer, not {type(v).__name__}")
+        self.compact = {Space(k): check_entry_layout(*v) for k, v in (compact or {}).items()}
+        if len(self.compact) > 1:
+            raise ValueError(f"compact reads of at most one space are supported, not {len(self.compact)}")
         bus_sig = HostBusSignature(space_sizes, addr_width=addr_width)
         self.info = DeviceInfo(max_payload=max_payload, align=align, sizes=bus_sig.space_sizes, config=config)
         self.identify_payload = pack_identify(self.info)
@@ -250,8 +271,9 @@ class HostLink(wiring.Component):
         cmd = Signal(3)  # the code if it is a Command (< 8), else 0
         plen = Signal(lbits)  # the length field; plen_hi: some higher bit of it is set
         plen_hi = Signal()
-        space = Signal(2)  # the space byte if < 4; space_bad: it is >= len(Space)
+        space = Signal(2)  # the space byte's low bits; space_bad: bits 0..6 are >= len(Space)
         space_bad = Signal()
+        x_compact = Signal()  # bit 7 of the space byte (COMPACT: a compact READ_MEM / WRITE_MEM)
         baddr = Signal(abits)  # bus address: the request's, then incremented per transfer
         addr_hi = Signal()  # some address bit >= abits is set (the request is out of range)
         cnt = Signal(lbits)  # READ_MEM length as received, then bytes left to transfer
@@ -378,6 +400,23 @@ class HostLink(wiring.Component):
         # --- request checks (combinational, from the captured fields) ---------------------------
         wl = Signal(lbits)  # WRITE_MEM data length (meaningful when the payload is > 5 bytes)
         m.d.comb += wl.eq(plen - WRITE_HEADER_BYTES)
+        # Compact transfers: the space that has an entry layout; a read's reply length (length /
+        # stride entries of entry_bytes each: ACT makes it the count of bytes to send); the
+        # address step that jumps over an entry's hole.
+        ((c_sp, (c_used, c_stride)),) = self.compact.items() or ((None, (1, 1)),)
+        c_shift = c_stride.bit_length() - 1
+        c_space = Const(0) if c_sp is None else (space == c_sp)
+        rlen = Mux(x_compact, _times_const(cnt >> c_shift, c_used), cnt)
+        w_pos = Signal(range(c_used))  # byte of the entry the next compact-write data byte is in
+        w_cnt = Signal(range(limit + 1))  # entries started so far (data and CRC bytes)
+        w_prev = Signal.like(w_cnt)
+        w_ent = Signal.like(w_cnt)  # entries started by the data: w_cnt two bytes back
+        step_addr = Signal(abits)
+        if c_sp is None:
+            m.d.comb += step_addr.eq(baddr + 1)
+        else:  # one adder: +1, or over the hole to the next entry (a multiple of the stride)
+            skip = x_compact & (baddr[:c_shift] == c_used - 1)
+            m.d.comb += step_addr.eq(baddr + Mux(skip, c_stride - c_used + 1, 1))
         align_mask = self.align - 1
         ck = Signal(4)
         with m.Switch(cmd):
@@ -386,18 +425,19 @@ class HostLink(wiring.Component):
             with m.Case(Command.WRITE_MEM):
                 with m.If(plen <= WRITE_HEADER_BYTES):
                     m.d.comb += ck.eq(Status.BAD_ARG)
-                with m.Elif(space_bad):
+                with m.Elif(space_bad | (x_compact & ~c_space)):
                     m.d.comb += ck.eq(Status.BAD_SPACE)
-                with m.Elif(((baddr | wl) & align_mask) != 0):
+                with m.Elif((((baddr | wl) & align_mask) != 0) | (x_compact & ((baddr & (c_stride - 1)) != 0))):
                     m.d.comb += ck.eq(Status.BAD_ALIGN)
             with m.Case(Command.READ_MEM):
                 with m.If(plen != _READ_REQ_BYTES):
                     m.d.comb += ck.eq(Status.BAD_ARG)
-                with m.Elif(space_bad):
+                with m.Elif(space_bad | (x_compact & ~c_space)):
                     m.d.comb += ck.eq(Status.BAD_SPACE)
                 with m.Elif((cnt == 0) | cnt_hi | _gt_const(cnt, mp)):
                     m.d.comb += ck.eq(Status.BAD_ARG)
-                with m.Elif(((baddr | cnt) & align_mask) != 0):
+                with m.Elif((((baddr | cnt) & align_mask) != 0)
+                            | (x_compact & (((baddr | cnt) & (c_stride - 1)) != 0))):
                     m.d.comb += ck.eq(Status.BAD_ALIGN)
             with m.Case(Command.RUN):
                 m.d.comb += ck.eq(Mux(plen != _RUN_REQ_BYTES, Status.BAD_ARG, Status.OK))
@@ -405,9 +445,11 @@ class HostLink(wiring.Component):
                 m.d.comb += ck.eq(Status.UNKNOWN_CMD)
         # Range: address + length > size (RUN: address + 1 > size of DESC); the sum of the kept
         # address bits and a length <= max_payload cannot wrap.
-        extent = Signal(lbits)  # the length the range covers, registered (see verdict_q below)
-        m.d.sync += extent.eq(Mux(is_run, 1, Mux(is_write, wl, cnt)))
-        end = Signal(max(abits, lbits) + 1)
+        # A compact write covers w_ent entries (counted as the frame came in) of c_stride bytes.
+        wext = Mux(x_compact, w_ent << c_shift, wl) if c_sp is not None else wl
+        extent = Signal(lbits + c_shift)  # the length the range covers, registered (see verdict_q below)
+        m.d.sync += extent.eq(Mux(is_run, 1, Mux(is_write, wext, cnt)))
+        end = Signal(max(abits, lbits + c_shift) + 1)
         m.d.comb += end.eq(baddr + extent)
         out_of_range = Signal()
         with m.Switch(Mux(is_run, Space.DESC, space)):
@@ -484,6 +526,8 @@ class HostLink(wiring.Component):
                         rx_n.eq(0),
                         rx_over.eq(0),
                         cap.eq(1),
+                        w_pos.eq(0),
+                        w_cnt.eq(0),
                         in_rx.eq(0),
                     ]
                     # STATUS reports the state of the bus when its request was received (the ring
@@ -498,6 +542,14 @@ class HostLink(wiring.Component):
                             m.d.comb += [rx_wp.addr.eq(rx_n), rx_wp.data.eq(d), rx_wp.en.eq(1)]
                             m.d.comb += [b.eq(d), b_take.eq(1)]
                             m.d.sync += rx_n.eq(rx_n + 1)
+                            if c_sp is not None:
+                                # Entries a compact WRITE_MEM's data starts, counted over every byte
+                                # from the first data byte on; the CRC's two bytes come last, so the
+                                # count two bytes back (w_ent) is the data's.
+                                with m.If(rx_n >= _WRITE_DATA):
+                                    m.d.sync += [w_pos.eq(Mux(w_pos == c_used - 1, 0, w_pos + 1)),
+                                                 w_cnt.eq(w_cnt + (w_pos == 0)), w_prev.eq(w_cnt),
+                                                 w_ent.eq(w_prev)]
                     # Captured fields: an overflowing frame is rejected whatever they hold, and the
                     # fields (rx_n < 11 < limit) are never past an overflow.  A field a frame is too
                     # short for is stale, and rejected by the payload size checks before any use.
@@ -509,7 +561,8 @@ class HostLink(wiring.Component):
                     capture_le(plen, plen_hi, 0, cap[2])
                     capture_le(plen, plen_hi, 1, cap[3])
                     with m.If(cap[4]):
-                        m.d.sync += [space.eq(d[:2]), space_bad.eq(d >= len(Space))]
+                        m.d.sync += [space.eq(d[:2]), space_bad.eq(d[:7] >= len(Space)),
+                                     x_compact.eq(d[7])]
                     # The address: raw bytes 4..7 (RUN) or 5..8 (WRITE_MEM, READ_MEM).
                     for j in range(4):
                         capture_le(baddr, addr_hi, j, Mux(is_run, cap[4 + j], cap[5 + j]))
@@ -583,6 +636,8 @@ class HostLink(wiring.Component):
                             with m.Case(Command.WRITE_MEM):
                                 # The echo: space and address are raw bytes 4..8, then the length.
                                 m.d.sync += [cnt.eq(wl), rx_n.eq(HEADER_BYTES)]
+                            with m.Case(Command.READ_MEM):
+                                m.d.sync += cnt.eq(rlen)  # the bytes to send (fewer when compact)
                         start_build(0)
                         m.next = "HDR"
 
@@ -656,7 +711,7 @@ class HostLink(wiring.Component):
             with m.State("RD_REQ"):  # READ_MEM: one request at a time
                 m.d.comb += [rq.valid.eq(1), rs.ready.eq(1)]
                 with m.If(rq.ready):
-                    m.d.sync += baddr.eq(baddr + 1)
+                    m.d.sync += baddr.eq(step_addr)
                     m.next = "RD_RESP"
             with m.State("RD_RESP"):
                 m.d.comb += rs.ready.eq(1)
@@ -698,7 +753,7 @@ class HostLink(wiring.Component):
                 # rx_rp.data holds the byte at rx_n - 1 until the next read enable.
                 m.d.comb += wr.valid.eq(1)
                 with m.If(wr.ready):
-                    m.d.sync += [baddr.eq(baddr + 1), cnt.eq(cnt - 1)]
+                    m.d.sync += [baddr.eq(step_addr), cnt.eq(cnt - 1)]
                     with m.If(cnt == 1):
                         m.next = "SEND"
                     with m.Else():

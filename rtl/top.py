@@ -182,10 +182,10 @@ def config_json(config: AcceleratorConfig) -> bytes:
 
 
 def _make_core(config: AcceleratorConfig, core: str):
-    """``(target component, space sizes)`` for ``core`` in :data:`CORES`."""
+    """``(target component, space sizes, compact-read layouts)`` for ``core`` in :data:`CORES`."""
     if core == "stub":
         target = ByteMemoryTarget(STUB_SPACE_SIZES)
-        return target, dict(STUB_SPACE_SIZES)
+        return target, dict(STUB_SPACE_SIZES), {}
     if core != "real":
         raise ValueError(f"core must be one of {', '.join(CORES)}, not {core!r}")
     try:
@@ -197,7 +197,7 @@ def _make_core(config: AcceleratorConfig, core: str):
         sizes = dict(target.memory_map.space_sizes)
     except TypeError as e:
         raise CoreUnavailable(f"HadaCore(config) failed ({e})") from None
-    return target, sizes
+    return target, sizes, dict(target.memory_map.compact_spaces)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,10 +246,10 @@ class UARTSystem(wiring.Component):
         self.config = config
         self.core = core
         self.fifo_depth = fifo_depth
-        self.target, self.space_sizes = _make_core(config, core)
+        self.target, self.space_sizes, compact = _make_core(config, core)
         try:
             self.link = HostLink(max_payload=max_payload, space_sizes=self.space_sizes,
-                                 config_json=config_json(config), align=1)
+                                 config_json=config_json(config), align=1, compact=compact)
         except Exception:
             self.target._MustUse__silence = True  # never built: no "created but never used" warning
             raise

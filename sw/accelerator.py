@@ -93,6 +93,10 @@ class Accelerator:
     info : hadahw.protocol.DeviceInfo
     program : Program or None
         The program loaded last.
+    act_entry : (entry_bytes, stride) or None
+        The activation entry layout the input is written and the output read with, as compact
+        transfers that skip the entries' holes (a protocol 1.1 device and entries narrower than
+        their stride), else None (plain transfers).
     load_s : float
         Wall time of the last :meth:`load`.
 
@@ -137,6 +141,8 @@ class Accelerator:
                                          f"implies {want}")
         self.program: Program | None = None
         self.load_s = 0.0
+        # Protocol 1.1 devices skip the holes of the activation entries when asked (compact transfers).
+        self.act_entry = mm.compact_spaces.get(Space.ACTS) if self.info.version >= (1, 1) else None
 
     def load(self, program: Program, progress: bool = False) -> None:
         """Write the program's images (weights, requantizer parameters, descriptors).
@@ -174,13 +180,19 @@ class Accelerator:
         data = prog.pack_input(act)  # ValueError for a wrong shape / beta / bits
         link = self.link
         t0 = time.perf_counter()
-        link.write_mem(Space.ACTS, prog.input_addr, data)
+        entry = self.act_entry
+        if entry is not None:  # the used bytes of each entry only
+            used, stride = entry
+            data = b"".join(data[i:i + used] for i in range(0, len(data), stride))
+        link.write_mem(Space.ACTS, prog.input_addr, data, entry=entry)
         t1 = time.perf_counter()
         link.run(prog.desc_addr)
         st = self._wait()
         t2 = time.perf_counter()
-        raw = link.read_mem(Space.ACTS, prog.output_addr, prog.output_length)
+        raw = link.read_mem(Space.ACTS, prog.output_addr, prog.output_length, entry=entry)
         t3 = time.perf_counter()
+        if entry is not None:  # back to the strided layout, holes as 0
+            raw = b"".join(raw[i:i + used] + bytes(stride - used) for i in range(0, len(raw), used))
         return Inference(output=prog.unpack_output(raw), cycles=int(st.cycles), transfer_s=(t1 - t0) + (t3 - t2),
                          compute_s=t2 - t1)
 

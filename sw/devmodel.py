@@ -48,6 +48,7 @@ from hadahw.protocol import (
     Status,
     ack_code,
     check_empty,
+    check_entry_layout,
     crc16,
     encode_frame,
     pack_identify,
@@ -102,12 +103,16 @@ class DevModel:
         ends the run with ``run_status = RUN_FAULT``.
     nak_on_error : bool
         Answer damaged frames with a transport NAK (otherwise drop them silently).
+    compact : mapping of Space to (entry_bytes, stride), optional
+        Spaces that answer compact reads (:data:`hadahw.protocol.COMPACT`) and their entry layout.
     """
 
     def __init__(self, *, sizes: Mapping[Space, int] | None = None, max_payload: int = MAX_PAYLOAD, align: int = 1,
                  config: str | Mapping = "{}", run_polls: int = 2, run_cycles: int = 1000,
-                 executor: Callable[["DevModel", int], int] | None = None, nak_on_error: bool = True):
+                 executor: Callable[["DevModel", int], int] | None = None, nak_on_error: bool = True,
+                 compact: Mapping[Space, tuple[int, int]] | None = None):
         sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
+        self.compact = {Space(k): check_entry_layout(*v) for k, v in (compact or {}).items()}
         if not isinstance(config, str):
             config = json.dumps(config, separators=(",", ":"), sort_keys=True)
         self.info = DeviceInfo(max_payload=max_payload, align=align,
@@ -232,23 +237,46 @@ class DevModel:
                 self.executed[cmd] += 1
                 return b""
             if cmd is Command.WRITE_MEM:
-                space, address, data = unpack_write_mem(payload)
-                self._check_range(space, address, len(data))
+                space, address, data, compact = unpack_write_mem(payload)
+                if compact and space not in self.compact:
+                    raise _Nak(Status.BAD_SPACE)
+                if compact:  # the alignment rules of a plain write, entry-aligned, whole entries in range
+                    entry, stride = self.compact[space]
+                    if (address | len(data)) % self.info.align or address % stride:
+                        raise _Nak(Status.BAD_ALIGN)
+                    if address + -(-len(data) // entry) * stride > self.info.size(space):
+                        raise _Nak(Status.BAD_ADDRESS)
+                else:
+                    self._check_range(space, address, len(data))
                 if self.busy:
                     raise _Nak(Status.BUSY)
                 self.executed[cmd] += 1
-                self.mem[space][address:address + len(data)] = data
+                if compact:
+                    for k in range(0, len(data), entry):
+                        a = address + k // entry * stride
+                        part = data[k:k + entry]
+                        self.mem[space][a:a + len(part)] = part
+                else:
+                    self.mem[space][address:address + len(data)] = data
                 self.write_log.append((seq, space, address, len(data)))
-                return pack_write_ack(space, address, len(data))
+                return pack_write_ack(space, address, len(data), compact=compact)
             if cmd is Command.READ_MEM:
-                space, address, length = unpack_read_mem(payload)
+                space, address, length, compact = unpack_read_mem(payload)
+                if compact and space not in self.compact:
+                    raise _Nak(Status.BAD_SPACE)
                 if length > self.info.max_payload:
                     raise _Nak(Status.BAD_ARG)
+                if compact and (address | length) % self.compact[space][1]:
+                    raise _Nak(Status.BAD_ALIGN)
                 self._check_range(space, address, length)
                 if self.busy:
                     raise _Nak(Status.BUSY)
                 self.executed[cmd] += 1
-                return bytes(self.mem[space][address:address + length])
+                data = bytes(self.mem[space][address:address + length])
+                if compact:
+                    entry, stride = self.compact[space]
+                    data = b"".join(data[i:i + entry] for i in range(0, length, stride))
+                return data
             if cmd is Command.RUN:
                 address = unpack_run(payload)
                 if address >= self.info.size(Space.DESC):

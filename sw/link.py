@@ -27,6 +27,7 @@ anything is sent.
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 import secrets
 import time
@@ -55,6 +56,8 @@ from hadahw.protocol import (
     Space,
     Status,
     ack_code,
+    check_entry_layout,
+    compact_length,
     encode_frame,
     pack_read_mem,
     pack_run,
@@ -335,40 +338,86 @@ class Link:
             raise ValueError(f"{what} {length} is not a multiple of the device alignment {info.align}")
         return info, address
 
-    def write_mem(self, space: Space, address: int, data: bytes) -> None:
-        """Write ``data`` at ``address`` of ``space``, split into frames."""
+    def write_mem(self, space: Space, address: int, data: bytes, *, entry: tuple[int, int] | None = None) -> None:
+        """Write ``data`` at ``address`` of ``space``, split into frames.
+
+        ``entry=(entry_bytes, stride)``: a compact write (protocol 1.1, the space holds entries of
+        ``entry_bytes`` at that stride): ``address`` is a multiple of ``stride`` and ``data``
+        fills the first ``entry_bytes`` of consecutive entries (the holes are not written).
+        """
         space = _space(space)
         data = _as_bytes("data", data)
-        info, address = self._check_range(space, address, len(data), "len(data)")
-        chunk = (self.max_payload - WRITE_HEADER_BYTES) // info.align * info.align
+        used, stride = None, 1
+        if entry is not None:
+            info = self._require_info()
+            used, stride = self._entry_layout(info, entry)
+            extent = -(-len(data) // used) * stride
+            info, address = self._check_range(space, address, extent, "extent")
+            if address % stride or len(data) % info.align:
+                raise ValueError(f"a compact write needs an address that is a multiple of the stride {stride} and "
+                                 f"data whose length is a multiple of the alignment {info.align}, not 0x{address:X} "
+                                 f"and {len(data)}")
+            # whole entries per frame (each frame starts at an entry)
+            step = used * info.align // math.gcd(used, info.align)
+        else:
+            info, address = self._check_range(space, address, len(data), "len(data)")
+            step = info.align
+        chunk = (self.max_payload - WRITE_HEADER_BYTES) // step * step
         with tqdm(total=len(data), unit="B", unit_scale=True, unit_divisor=1024, disable=not self.progress,
                   desc=f"write {space.name}", leave=False) as bar:
             for off in range(0, len(data), chunk):
                 part = data[off:off + chunk]
-                reply = self.transact(Command.WRITE_MEM, pack_write_mem(space, address + off, part))
+                at = address + (off if used is None else off // used * stride)
+                reply = self.transact(Command.WRITE_MEM, pack_write_mem(space, at, part, compact=used is not None))
                 try:
                     echo = unpack_write_ack(reply)
                 except PayloadError as exc:
                     raise LinkError(f"WRITE_MEM: malformed ACK ({exc})") from None
-                if echo != (space, address + off, len(part)):
-                    raise LinkError(f"WRITE_MEM of {len(part)} bytes at {space.name}:0x{address + off:X} was "
+                if echo != (space, at, len(part), used is not None):
+                    raise LinkError(f"WRITE_MEM of {len(part)} bytes at {space.name}:0x{at:X} was "
                                     f"acknowledged as {echo[2]} bytes at {echo[0].name}:0x{echo[1]:X}")
                 bar.update(len(part))
 
-    def read_mem(self, space: Space, address: int, length: int) -> bytes:
-        """Read ``length`` bytes at ``address`` of ``space``, split into frames."""
+    @staticmethod
+    def _entry_layout(info: DeviceInfo, entry) -> tuple[int, int]:
+        """``entry`` validated for a compact transfer with a device of ``info``."""
+        try:
+            used, stride = check_entry_layout(*entry)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"entry: {exc}") from None
+        if info.version < (1, 1):
+            raise ValueError(f"compact transfers need protocol 1.1; the device speaks "
+                             f"{info.version[0]}.{info.version[1]}")
+        return used, stride
+
+    def read_mem(self, space: Space, address: int, length: int, *, entry: tuple[int, int] | None = None) -> bytes:
+        """Read ``length`` bytes at ``address`` of ``space``, split into frames.
+
+        ``entry=(entry_bytes, stride)``: a compact read (protocol 1.1, the space holds entries of
+        ``entry_bytes`` at that stride): ``address`` and ``length`` are multiples of ``stride``
+        and only the first ``entry_bytes`` of each entry come back, ``length // stride *
+        entry_bytes`` bytes in all.
+        """
         space = _space(space)
         length = _index("length", length, 0, (1 << 32) - 1)
         info, address = self._check_range(space, address, length, "length")
-        chunk = self.max_payload // info.align * info.align
+        stride, used = 1, None
+        if entry is not None:
+            used, stride = self._entry_layout(info, entry)
+            if (address | length) % stride:
+                raise ValueError(f"a compact read needs address and length that are multiples of the stride "
+                                 f"{stride}, not 0x{address:X} and {length}")
+        step = max(info.align, stride)
+        chunk = self.max_payload // step * step
         out = bytearray()
         with tqdm(total=length, unit="B", unit_scale=True, unit_divisor=1024, disable=not self.progress,
                   desc=f"read {space.name}", leave=False) as bar:
             for off in range(0, length, chunk):
                 n = min(chunk, length - off)
-                part = self.transact(Command.READ_MEM, pack_read_mem(space, address + off, n))
-                if len(part) != n:
-                    raise LinkError(f"READ_MEM of {n} bytes at {space.name}:0x{address + off:X} returned "
+                want = n if used is None else compact_length(n, used, stride)
+                part = self.transact(Command.READ_MEM, pack_read_mem(space, address + off, n, compact=used is not None))
+                if len(part) != want:
+                    raise LinkError(f"READ_MEM of {want} bytes at {space.name}:0x{address + off:X} returned "
                                     f"{len(part)} bytes")
                 out += part
                 bar.update(n)

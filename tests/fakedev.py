@@ -63,5 +63,6 @@ def golden_device(cfg: AcceleratorConfig, holder: dict, **kw) -> DevModel:
         holder["runs"] = holder.get("runs", 0) + 1
         return prog.predict_cycles()
 
-    sizes = MemoryMap(cfg).space_sizes
-    return DevModel(sizes=sizes, max_payload=256, config=config_json(cfg).decode(), executor=executor, **kw)
+    mm = MemoryMap(cfg)
+    kw.setdefault("compact", mm.compact_spaces)
+    return DevModel(sizes=mm.space_sizes, max_payload=256, config=config_json(cfg).decode(), executor=executor, **kw)

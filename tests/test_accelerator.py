@@ -50,6 +50,32 @@ def test_load_and_infer_equal_golden():
     assert holder["runs"] == 2
 
 
+def test_activations_move_compact_with_a_protocol_1_1_device_and_plain_with_1_0():
+    """The same outputs either way; compact transfers move the entries' used bytes only."""
+    import dataclasses
+
+    from hadahw.protocol import pack_identify
+    rng = np.random.default_rng(3)
+    layers, act = random_network(rng, CFG, SPEC)
+    prog = compile_network(layers, CFG)
+    used, stride = prog.memory_map.compact_spaces[Space.ACTS]
+    received, sent = {}, {}
+    for version in ((1, 1), (1, 0)):
+        dev = golden_device(CFG, {"program": prog})
+        dev._identify = pack_identify(dataclasses.replace(dev.info, version=version))
+        link = Link(DevModelPipe(dev), timeout=0.05)
+        acc = Accelerator(link, expect_config=CFG)
+        assert acc.act_entry == ((used, stride) if version == (1, 1) else None)
+        acc.load(prog)
+        before = link.stats.bytes_received, link.stats.bytes_sent
+        assert np.array_equal(acc.infer(act).output, run_network(layers, act))
+        received[version] = link.stats.bytes_received - before[0]
+        sent[version] = link.stats.bytes_sent - before[1]
+    holes = lambda n: n - n // stride * used  # noqa: E731  (bytes of the holes in n bytes of entries)
+    assert received[(1, 0)] - received[(1, 1)] >= holes(prog.output_length)
+    assert sent[(1, 0)] - sent[(1, 1)] >= holes(prog.input_length)
+
+
 def test_faulty_line():
     rng = np.random.default_rng(2)
     layers, act = random_network(rng, CFG, SPEC)

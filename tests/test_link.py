@@ -3,6 +3,7 @@ pseudo-terminal pipes."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -59,7 +60,7 @@ def sync_link(dev: DevModel | None = None, **kw) -> tuple[Link, DevModel]:
 def test_identify_and_connect():
     link, dev = sync_link(DevModel(config=CONFIG, max_payload=512, align=2))
     info = link.connect(expect_config={"rows": 4, "beta_w": 16})
-    assert info.version == (1, 0) and info.max_payload == 512 and info.align == 2
+    assert info.version == (1, 1) and info.max_payload == 512 and info.align == 2
     assert info.config_dict() == CONFIG
     assert info.size(Space.WEIGHTS) == len(dev.mem[Space.WEIGHTS])
     assert link.max_payload == 512
@@ -89,6 +90,63 @@ def test_write_read_back_large_blob(seed, n, max_payload):
     assert dev.executed[Command.WRITE_MEM] == -(-n // chunk)
     assert dev.executed[Command.READ_MEM] == -(-n // link.max_payload)
     assert link.stats.retransmits == 0 and link.stats.rx_errors == 0
+
+
+@pytest.mark.parametrize("layout, max_payload, n_entries", [((5, 8), 256, 128), ((3, 4), 64, 50), ((9, 16), 1024, 7)])
+def test_compact_read_returns_the_used_bytes_of_each_entry(layout, max_payload, n_entries):
+    used, stride = layout
+    dev = DevModel(config=CONFIG, max_payload=max_payload, compact={Space.ACTS: layout})
+    link, _ = sync_link(dev)
+    data = blob(5, dev.info.size(Space.ACTS))
+    link.write_mem(Space.ACTS, 0, data)
+    addr = 3 * stride
+    got = link.read_mem(Space.ACTS, addr, n_entries * stride, entry=layout)
+    assert got == b"".join(data[a:a + used] for a in range(addr, addr + n_entries * stride, stride))
+    # frames of whole entries, each at most max_payload bytes of the space
+    assert dev.executed[Command.READ_MEM] == -(-n_entries * stride // (max_payload // stride * stride))
+
+
+@pytest.mark.parametrize("layout, max_payload, n", [((5, 8), 256, 640), ((3, 4), 64, 100), ((9, 16), 1024, 7)])
+def test_compact_write_fills_the_used_bytes_of_each_entry(layout, max_payload, n):
+    used, stride = layout
+    dev = DevModel(config=CONFIG, max_payload=max_payload, compact={Space.ACTS: layout})
+    link, _ = sync_link(dev)
+    before = blob(6, dev.info.size(Space.ACTS))
+    link.write_mem(Space.ACTS, 0, before)
+    data = blob(7, n)
+    addr = 2 * stride
+    link.write_mem(Space.ACTS, addr, data, entry=layout)
+    want = bytearray(before)
+    for k in range(0, n, used):  # entry by entry; the last one may be partial
+        a = addr + k // used * stride
+        want[a:a + len(data[k:k + used])] = data[k:k + used]
+    assert bytes(dev.mem[Space.ACTS]) == bytes(want)
+    assert link.read_mem(Space.ACTS, addr, -(-n // used) * stride, entry=layout)[:n] == data
+
+
+def test_compact_read_errors_are_caught_before_sending():
+    dev = DevModel(config=CONFIG, compact={Space.ACTS: (5, 8)})
+    link, _ = sync_link(dev)
+    link.connect()
+    with pytest.raises(ValueError, match="multiples of the stride 8, not 0x4 and 16"):
+        link.read_mem(Space.ACTS, 4, 16, entry=(5, 8))
+    with pytest.raises(ValueError, match="multiples of the stride 8, not 0x0 and 12"):
+        link.read_mem(Space.ACTS, 0, 12, entry=(5, 8))
+    with pytest.raises(ValueError, match="^entry: a compact entry layout needs a power-of-two stride"):
+        link.read_mem(Space.ACTS, 0, 12, entry=(5, 6))
+    assert dev.executed[Command.READ_MEM] == 0
+    with pytest.raises(ValueError, match="a compact write needs an address that is a multiple of the stride 8"):
+        link.write_mem(Space.ACTS, 4, bytes(5), entry=(5, 8))
+    with pytest.raises(ValueError, match="exceeds the ACTS space"):  # 2 entries from the last one
+        link.write_mem(Space.ACTS, dev.info.size(Space.ACTS) - 8, bytes(6), entry=(5, 8))
+    assert dev.executed[Command.WRITE_MEM] == 0
+    with pytest.raises(DeviceError, match="BAD_SPACE"):  # the device has no layout for WEIGHTS
+        link.read_mem(Space.WEIGHTS, 0, 16, entry=(5, 8))
+    old = DevModel(config=CONFIG, compact={Space.ACTS: (5, 8)})
+    old._identify = pack_identify(dataclasses.replace(old.info, version=(1, 0)))
+    link, _ = sync_link(old)
+    with pytest.raises(ValueError, match="compact transfers need protocol 1.1; the device speaks 1.0"):
+        link.read_mem(Space.ACTS, 0, 16, entry=(5, 8))
 
 
 def test_progress_bar(capsys):

@@ -245,9 +245,19 @@ def test_codes_are_unambiguous():
 def test_payload_round_trips():
     p = P.pack_write_mem(Space.ACTS, 0x1234, b"\x00\x01")
     assert p == b"\x01\x34\x12\x00\x00\x00\x01"
-    assert P.unpack_write_mem(p) == (Space.ACTS, 0x1234, b"\x00\x01")
-    assert P.unpack_write_ack(P.pack_write_ack(Space.DESC, 8, 300)) == (Space.DESC, 8, 300)
-    assert P.unpack_read_mem(P.pack_read_mem(Space.WEIGHTS, 0xFFFFFFF0, 16)) == (Space.WEIGHTS, 0xFFFFFFF0, 16)
+    assert P.unpack_write_mem(p) == (Space.ACTS, 0x1234, b"\x00\x01", False)
+    assert P.unpack_write_ack(P.pack_write_ack(Space.DESC, 8, 300)) == (Space.DESC, 8, 300, False)
+    p = P.pack_write_mem(Space.ACTS, 16, b"\x07", compact=True)
+    assert p[0] == 0x81 and P.unpack_write_mem(p) == P.WriteRequest(Space.ACTS, 16, b"\x07", compact=True)
+    assert P.unpack_write_ack(P.pack_write_ack(Space.ACTS, 16, 1, compact=True)) == P.WriteAck(Space.ACTS, 16, 1, True)
+    assert P.unpack_read_mem(P.pack_read_mem(Space.WEIGHTS, 0xFFFFFFF0, 16)) == (Space.WEIGHTS, 0xFFFFFFF0, 16, False)
+    p = P.pack_read_mem(Space.ACTS, 64, 32, compact=True)
+    assert p == b"\x81\x40\x00\x00\x00\x20\x00"  # bit 7 of the space byte
+    assert P.unpack_read_mem(p) == P.ReadRequest(Space.ACTS, 64, 32, compact=True)
+    assert P.compact_length(256, 5, 8) == 160
+    for bad in ((5, 5), (0, 8), (5, 12), (9, 8)):
+        with pytest.raises(ValueError, match="power-of-two stride above entry_bytes"):
+            P.check_entry_layout(*bad)
     assert P.unpack_run(P.pack_run(64)) == 64
     assert P.unpack_nak(P.pack_nak(Status.BUSY, Command.RUN)) == (Status.BUSY, Command.RUN)
     assert P.unpack_nak(b"\xee\x01") == (0xEE, 1)

@@ -39,8 +39,9 @@ RUN_CYCLES = 40
 class Bench(Elaboratable):
     """HostLink + ByteMemoryTarget, optionally with UARTs on both sides (host and device)."""
 
-    def __init__(self, *, max_payload=256, align=1, uart_divisor=None, run_cycles=RUN_CYCLES):
-        self.link = HostLink(max_payload=max_payload, space_sizes=SIZES, config_json=CONFIG.encode(), align=align)
+    def __init__(self, *, max_payload=256, align=1, uart_divisor=None, run_cycles=RUN_CYCLES, compact=None):
+        self.link = HostLink(max_payload=max_payload, space_sizes=SIZES, config_json=CONFIG.encode(), align=align,
+                             compact=compact)
         self.target = ByteMemoryTarget(SIZES, run_cycles=run_cycles)
         self.uart_divisor = uart_divisor
         if uart_divisor is not None:
@@ -51,7 +52,7 @@ class Bench(Elaboratable):
 
     def model(self) -> DevModel:
         return DevModel(sizes=SIZES, max_payload=self.link.max_payload, align=self.link.align, config=CONFIG,
-                        run_cycles=RUN_CYCLES)
+                        run_cycles=RUN_CYCLES, compact=self.link.compact)
 
     @property
     def inp(self):
@@ -398,6 +399,98 @@ def test_write_read_roundtrip_and_memory():
     model, res, _ = check_same_as_model(bench, bytes(data), seed=2, post=mem_dump(bench.target))
     for s in Space:
         assert res["post"][s] == bytes(model.mem[s]), s.name
+
+
+@pytest.mark.parametrize("layout, align, seed", [((5, 8), 1, 30), ((3, 4), 2, 31), ((9, 16), 1, 32), ((1, 2), 1, 33)])
+def test_compact_reads(layout, align, seed):
+    """Compact reads of ACTS (entries of E bytes at stride S): the used bytes only, and every refusal."""
+    used, stride = layout
+    bench = Bench(compact={Space.ACTS: layout}, align=align)
+    rng = random.Random(seed)
+    acts = bytes(rng.randrange(256) for _ in range(SIZES[Space.ACTS]))
+    C = P.COMPACT
+    data = bytearray()
+    for seq, off in enumerate(range(0, len(acts), 250)):
+        data += frame(Command.WRITE_MEM, seq, P.pack_write_mem(Space.ACTS, off, acts[off:off + 250]))
+    good = [(0, 256), (stride, stride), (3 * stride, 5 * stride), (512 - 4 * stride, 4 * stride)]
+    for n, (addr, length) in enumerate(good):
+        data += frame(Command.READ_MEM, 10 + n, P.pack_read_mem(Space.ACTS, addr, length, compact=True))
+    data += b"".join([
+        frame(Command.READ_MEM, 20, P.pack_read_mem(Space.ACTS, stride // 2, stride, compact=True)),   # BAD_ALIGN
+        frame(Command.READ_MEM, 21, P.pack_read_mem(Space.ACTS, 0, stride + stride // 2, compact=True)),  # BAD_ALIGN
+        frame(Command.READ_MEM, 22, P.pack_read_mem(Space.WEIGHTS, 0, stride, compact=True)),  # BAD_SPACE
+        frame(Command.READ_MEM, 23, P.pack_read_mem(Space.ACTS, 512, stride, compact=True)),  # BAD_ADDRESS
+        frame(Command.READ_MEM, 24, P.pack_read_mem(Space.ACTS, 0, 256 + stride, compact=True)),  # BAD_ARG
+        frame(Command.READ_MEM, 25, bytes([Space.ACTS | C]) + bytes(4) + b"\x00\x00"),  # BAD_ARG (length 0)
+        frame(Command.WRITE_MEM, 26, bytes([Space.WEIGHTS | C]) + bytes(4) + bytes(4)),  # BAD_SPACE (no layout)
+        frame(Command.READ_MEM, 27, P.pack_read_mem(Space.ACTS, stride, 2 * stride)),  # a plain read still works
+        frame(Command.STATUS, 28),
+    ])
+    _, _, got = check_same_as_model(bench, bytes(data), seed=seed)
+    r = replies(got)
+    reads = r[-(len(good) + 9):]
+    for (addr, length), reply in zip(good, reads):  # against the written bytes, not the model
+        assert reply.code == P.ack_code(Command.READ_MEM), reply
+        assert reply.payload == b"".join(acts[i:i + used] for i in range(addr, addr + length, stride))
+    statuses = [P.unpack_nak(x.payload)[0] for x in reads[len(good):len(good) + 7]]
+    assert statuses == [Status.BAD_ALIGN, Status.BAD_ALIGN, Status.BAD_SPACE, Status.BAD_ADDRESS, Status.BAD_ARG,
+                        Status.BAD_ARG, Status.BAD_SPACE]
+    assert reads[-2].payload == acts[stride:3 * stride]
+
+
+@pytest.mark.parametrize("layout, align, seed", [((5, 8), 1, 40), ((3, 4), 2, 41), ((9, 16), 1, 42)])
+def test_compact_writes(layout, align, seed):
+    """Compact writes fill the used bytes of consecutive entries and leave the holes; every refusal."""
+    used, stride = layout
+    bench = Bench(compact={Space.ACTS: layout}, align=align)
+    rng = random.Random(seed)
+    size = SIZES[Space.ACTS]
+    expect = bytearray(rng.randrange(256) for _ in range(size))  # plain writes first, then compact ones
+    data = bytearray()
+    for seq, off in enumerate(range(0, size, 250)):
+        data += frame(Command.WRITE_MEM, seq, P.pack_write_mem(Space.ACTS, off, bytes(expect[off:off + 250])))
+    n_last = (size // stride) * used  # every entry, at address 0: exactly in range when it fits a frame
+    writes = [(0, used * 3), (stride * 5, used * 7 + align), (size - 2 * stride, 2 * used),
+              (stride, min(250 // align * align, n_last))]
+    seq = 10
+    for addr, n in writes:
+        n -= n % align
+        blob = bytes(rng.randrange(256) for _ in range(n))
+        data += frame(Command.WRITE_MEM, seq, P.pack_write_mem(Space.ACTS, addr, blob, compact=True))
+        seq += 1
+        for k in range(0, n, used):  # independent of the model: the used bytes of each entry
+            a = addr + k // used * stride
+            part = blob[k:k + used]
+            expect[a:a + len(part)] = part
+    over = used + 1 + (-(used + 1)) % align  # one entry's bytes and more, aligned: two entries
+    refused = [
+        (P.pack_write_mem(Space.ACTS, stride // 2, bytes(used), compact=True), Status.BAD_ALIGN),
+        (P.pack_write_mem(Space.ACTS, size - stride, bytes(over), compact=True), Status.BAD_ADDRESS),
+        (P.pack_write_mem(Space.ACTS, size, bytes(align), compact=True), Status.BAD_ADDRESS),
+        (P.pack_write_mem(Space.DESC, 0, bytes(used), compact=True), Status.BAD_SPACE),
+    ]
+    for payload, _ in refused:
+        data += frame(Command.WRITE_MEM, seq, payload)
+        seq += 1
+    for off in range(0, size, 256):
+        data += frame(Command.READ_MEM, seq, P.pack_read_mem(Space.ACTS, off, 256))
+        seq += 1
+    model, res, got = check_same_as_model(bench, bytes(data), seed=seed, post=mem_dump(bench.target, (Space.ACTS,)))
+    assert res["post"][Space.ACTS] == bytes(expect) == bytes(model.mem[Space.ACTS])
+    r = replies(got)
+    acks = r[-(len(refused) + size // 256 + len(writes)):]
+    for (addr, _), ack in zip(writes, acks):
+        echo = P.unpack_write_ack(ack.payload)
+        assert echo.space == Space.ACTS and echo.address == addr and echo.compact
+    assert [P.unpack_nak(x.payload)[0] for x in acks[len(writes):len(writes) + len(refused)]] == [s for _, s in refused]
+
+
+def test_compact_transfers_of_a_link_without_a_layout_are_bad_space():
+    bench = Bench()
+    data = frame(Command.READ_MEM, 1, P.pack_read_mem(Space.ACTS, 0, 8, compact=True)) + \
+        frame(Command.WRITE_MEM, 2, P.pack_write_mem(Space.ACTS, 0, bytes(8), compact=True))
+    _, _, got = check_same_as_model(bench, data, seed=34)
+    assert [P.unpack_nak(x.payload)[0] for x in replies(got)] == [Status.BAD_SPACE] * 2
 
 
 def test_max_payload_1024():
