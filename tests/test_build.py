@@ -23,6 +23,7 @@ from hadahw.protocol import Command, decode_frame, encode_frame, unpack_identify
 from hadahw.rtl.top import (BoardTop, UARTSystem, config_json, pll_params, uart_divisor)
 from hadahw.rtl.uart import UARTRx, UARTTx
 
+from cliutil import run_main
 from faketools import fake_tools  # noqa: F401  (fixture)
 
 #: Memory sizes small enough for fast elaboration and synthesis (not a useful accelerator).
@@ -33,12 +34,7 @@ TINY = dict(rows=1, lanes=8, weight_depth=16, act_depth=16, param_depth=16, desc
 
 
 def run_cli(capsys, *argv):
-    try:
-        code = B.main(list(argv))
-    except SystemExit as e:  # argparse's own errors (unknown option, not an integer) and --help
-        code = e.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    return run_main(B.main, capsys, *argv)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,18 +19,14 @@ from hadahw import dse
 from hadahw.build import DoesNotFit, board_build_config
 from hadahw.params import AcceleratorConfig
 
+from cliutil import run_main
 from faketools import fake_tools  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(capsys, *argv):
-    try:
-        code = dse.main(list(argv))
-    except SystemExit as e:  # argparse's own errors
-        code = e.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    return run_main(dse.main, capsys, *argv)
 
 
 def test_estimates_agree_with_the_build_cli(tmp_path, capsys):

@@ -28,6 +28,7 @@ from hadahw.sw.link import Link
 from hadahw.train import fit, load_checkpoint, load_split, save_checkpoint
 
 import netgen
+from cliutil import run_main
 from fakedev import golden_device
 
 CFG = AcceleratorConfig(**netgen.SYSTEM_CONFIG_KW)
@@ -43,14 +44,8 @@ def files(tmp_path_factory):
     return {"ckpt": str(ckpt), "config": str(cfg), "dir": d}
 
 
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    """``(exit status, stdout, stderr)`` of ``python -m hadahw.run ARGV``, in this process."""
-    try:
-        code = run_cli.main(list(argv))
-    except SystemExit as e:  # argparse's own errors
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+def cli(capsys, *argv):
+    return run_main(run_cli.main, capsys, *argv)
 
 
 def expected_accuracies(ckpt: str, indices) -> dict:
