@@ -207,8 +207,8 @@ def _synth_task(argv: list[str]) -> dict[str, Any]:
     from hadahw.build import BuildError, DoesNotFit, build, build_options
     try:
         code, rep = build(build_options(*argv))
-    except DoesNotFit as e:
-        return {"status": "no_fit", "reason": str(e).splitlines()[0]}
+    except DoesNotFit as e:  # (the message's pointer to the report is left out: reports stay in the folder)
+        return {"status": "no_fit", "reason": str(e).splitlines()[0].split("; report ")[0]}
     except BuildError as e:
         return {"status": "tool_failure", "reason": str(e).splitlines()[0]}
     res = {k.lower(): v.get("used") for k, v in rep["resources"].items()}
