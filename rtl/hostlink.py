@@ -189,7 +189,7 @@ class HostLink(wiring.Component):
                 raise TypeError(f"{name} must be an integer, not {type(v).__name__}")
         self.compact = {Space(k): check_entry_layout(*v) for k, v in (compact or {}).items()}
         if len(self.compact) > 1:
-            raise ValueError(f"compact reads of at most one space are supported, not {len(self.compact)}")
+            raise ValueError(f"compact transfers of at most one space are supported, not {len(self.compact)}")
         bus_sig = HostBusSignature(space_sizes, addr_width=addr_width)
         self.info = DeviceInfo(max_payload=max_payload, align=align, sizes=bus_sig.space_sizes, config=config)
         self.identify_payload = pack_identify(self.info)
