@@ -169,6 +169,8 @@ __all__ = [
     "WriteRequest",
     "WriteAck",
     "compact_length",
+    "strip_holes",
+    "fill_holes",
     "check_entry_layout",
     "pack_run",
     "unpack_run",
@@ -672,6 +674,17 @@ def check_entry_layout(entry_bytes, stride) -> tuple[int, int]:
         raise ValueError(f"a compact entry layout needs a power-of-two stride above entry_bytes >= 1, not "
                          f"entry_bytes={entry_bytes}, stride={stride}")
     return entry_bytes, stride
+
+
+def strip_holes(data: bytes, entry_bytes: int, stride: int) -> bytes:
+    """The first ``entry_bytes`` of every ``stride`` bytes of ``data``: what a compact transfer moves."""
+    return b"".join(data[i:i + entry_bytes] for i in range(0, len(data), stride))
+
+
+def fill_holes(data: bytes, entry_bytes: int, stride: int) -> bytes:
+    """The inverse of :func:`strip_holes` for whole entries: each entry padded to ``stride`` with 0."""
+    pad = bytes(stride - entry_bytes)
+    return b"".join(data[i:i + entry_bytes] + pad for i in range(0, len(data), entry_bytes))
 
 
 def compact_length(length: int, entry_bytes: int, stride: int) -> int:

@@ -27,7 +27,7 @@ import numpy as np
 from hadahw.golden import QAct
 from hadahw.params import AcceleratorConfig
 from hadahw.program import MemoryMap, Program
-from hadahw.protocol import Space, Status
+from hadahw.protocol import Space, Status, fill_holes, strip_holes
 from hadahw.sw.link import IncompatibleDevice, Link, LinkError
 
 __all__ = ["Accelerator", "Inference", "RunError", "config_differences"]
@@ -182,8 +182,7 @@ class Accelerator:
         t0 = time.perf_counter()
         entry = self.act_entry
         if entry is not None:  # the used bytes of each entry only
-            used, stride = entry
-            data = b"".join(data[i:i + used] for i in range(0, len(data), stride))
+            data = strip_holes(data, *entry)
         link.write_mem(Space.ACTS, prog.input_addr, data, entry=entry)
         t1 = time.perf_counter()
         link.run(prog.desc_addr)
@@ -192,7 +191,7 @@ class Accelerator:
         raw = link.read_mem(Space.ACTS, prog.output_addr, prog.output_length, entry=entry)
         t3 = time.perf_counter()
         if entry is not None:  # back to the strided layout, holes as 0
-            raw = b"".join(raw[i:i + used] + bytes(stride - used) for i in range(0, len(raw), used))
+            raw = fill_holes(raw, *entry)
         return Inference(output=prog.unpack_output(raw), cycles=int(st.cycles), transfer_s=(t1 - t0) + (t3 - t2),
                          compute_s=t2 - t1)
 

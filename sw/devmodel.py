@@ -55,6 +55,7 @@ from hadahw.protocol import (
     pack_nak,
     pack_status,
     pack_write_ack,
+    strip_holes,
     unpack_read_mem,
     unpack_run,
     unpack_write_mem,
@@ -104,7 +105,7 @@ class DevModel:
     nak_on_error : bool
         Answer damaged frames with a transport NAK (otherwise drop them silently).
     compact : mapping of Space to (entry_bytes, stride), optional
-        Spaces that answer compact reads (:data:`hadahw.protocol.COMPACT`) and their entry layout.
+        Spaces that take compact transfers (:data:`hadahw.protocol.COMPACT`) and their entry layout.
     """
 
     def __init__(self, *, sizes: Mapping[Space, int] | None = None, max_payload: int = MAX_PAYLOAD, align: int = 1,
@@ -274,8 +275,7 @@ class DevModel:
                 self.executed[cmd] += 1
                 data = bytes(self.mem[space][address:address + length])
                 if compact:
-                    entry, stride = self.compact[space]
-                    data = b"".join(data[i:i + entry] for i in range(0, length, stride))
+                    data = strip_holes(data, *self.compact[space])
                 return data
             if cmd is Command.RUN:
                 address = unpack_run(payload)

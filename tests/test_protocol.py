@@ -255,6 +255,9 @@ def test_payload_round_trips():
     assert p == b"\x81\x40\x00\x00\x00\x20\x00"  # bit 7 of the space byte
     assert P.unpack_read_mem(p) == P.ReadRequest(Space.ACTS, 64, 32, compact=True)
     assert P.compact_length(256, 5, 8) == 160
+    strided = bytes(range(16))
+    assert P.strip_holes(strided, 5, 8) == bytes([0, 1, 2, 3, 4, 8, 9, 10, 11, 12])
+    assert P.fill_holes(P.strip_holes(strided, 5, 8), 5, 8) == bytes([0, 1, 2, 3, 4, 0, 0, 0, 8, 9, 10, 11, 12, 0, 0, 0])
     for bad in ((5, 5), (0, 8), (5, 12), (9, 8)):
         with pytest.raises(ValueError, match="power-of-two stride above entry_bytes"):
             P.check_entry_layout(*bad)
