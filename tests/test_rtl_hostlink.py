@@ -416,7 +416,7 @@ def test_compact_reads(layout, align, seed):
     for n, (addr, length) in enumerate(good):
         data += frame(Command.READ_MEM, 10 + n, P.pack_read_mem(Space.ACTS, addr, length, compact=True))
     data += b"".join([
-        frame(Command.READ_MEM, 20, P.pack_read_mem(Space.ACTS, stride // 2, stride, compact=True)),   # BAD_ALIGN
+        frame(Command.READ_MEM, 20, P.pack_read_mem(Space.ACTS, stride - align, stride, compact=True)),  # BAD_ALIGN
         frame(Command.READ_MEM, 21, P.pack_read_mem(Space.ACTS, 0, stride + stride // 2, compact=True)),  # BAD_ALIGN
         frame(Command.READ_MEM, 22, P.pack_read_mem(Space.WEIGHTS, 0, stride, compact=True)),  # BAD_SPACE
         frame(Command.READ_MEM, 23, P.pack_read_mem(Space.ACTS, 512, stride, compact=True)),  # BAD_ADDRESS
@@ -465,6 +465,8 @@ def test_compact_writes(layout, align, seed):
     over = used + 1 + (-(used + 1)) % align  # one entry's bytes and more, aligned: two entries
     refused = [
         (P.pack_write_mem(Space.ACTS, stride // 2, bytes(used), compact=True), Status.BAD_ALIGN),
+        (P.pack_write_mem(Space.ACTS, stride + 1, bytes(align), compact=True), Status.BAD_ALIGN),
+        (P.pack_write_mem(Space.ACTS, 2 * stride - align, bytes(align), compact=True), Status.BAD_ALIGN),
         (P.pack_write_mem(Space.ACTS, size - stride, bytes(over), compact=True), Status.BAD_ADDRESS),
         (P.pack_write_mem(Space.ACTS, size, bytes(align), compact=True), Status.BAD_ADDRESS),
         (P.pack_write_mem(Space.DESC, 0, bytes(used), compact=True), Status.BAD_SPACE),
